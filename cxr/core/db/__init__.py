@@ -1,0 +1,1 @@
+"""SQL schema, sessions and migrations."""

@@ -1,0 +1,43 @@
+"""A model's input contract: what every pixel handed to it must look like.
+
+It travels inside the model's manifest, and both training and inference preprocess from it, so
+a model can never be fed differently from how it was trained.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: How pixel values in [0, 1] map onto the model's expected input range.
+#:  unit        [0, 1]                      (simple_cnn, most from-scratch models)
+#:  symmetric   [-1, 1]                     (MobileNetV2, InceptionV3, Xception)
+#:  caffe       x*255 - ImageNet BGR means   (VGG16/19, ResNet50 from keras.applications)
+#:  torch       (x - ImageNet mean) / std    (DenseNet121)
+#:  raw255      [0, 255]                    (EfficientNet, which rescales inside the model)
+Normalization = Literal["unit", "symmetric", "caffe", "torch", "raw255"]
+
+
+class InputContract(BaseModel):
+    """Shape and value range of the model's input, and how an X-ray is brought to it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    height: int = Field(gt=0, le=4096)
+    width: int = Field(gt=0, le=4096)
+    channels: Literal[1, 3] = Field(
+        default=3, description="1 for grayscale models; 3 replicates the gray channel."
+    )
+    normalization: Normalization = "unit"
+    resize: Literal["stretch", "pad"] = Field(
+        default="stretch",
+        description="stretch: resize to height×width ignoring aspect (as the seed models were "
+        "trained); pad: keep aspect and pad with black.",
+    )
+    grayscale_to_channels: Literal["replicate"] = "replicate"
+    dtype: Literal["float32"] = "float32"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.height, self.width, self.channels)

@@ -1,0 +1,67 @@
+"""The one preprocessing function: a decoded radiograph → the model's input tensor.
+
+Training (``training_jobs``) and inference (``worker``) both call ``preprocess``; the only input
+besides the pixels is the model's ``InputContract``, read from its manifest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from cxr.core.errors import ImageError
+from cxr.core.imaging.contract import InputContract
+
+_IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+_CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+def resize_gray(pixels: np.ndarray, height: int, width: int, mode: str = "stretch") -> np.ndarray:
+    """Resize a float [0, 1] gray image; Pillow's filter antialiases when shrinking."""
+    source = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F")
+    if mode == "stretch":
+        return np.asarray(source.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+    scale = min(width / source.width, height / source.height)
+    new_w, new_h = max(1, round(source.width * scale)), max(1, round(source.height * scale))
+    inner = source.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    canvas = Image.new("F", (width, height), 0.0)
+    canvas.paste(inner, ((width - new_w) // 2, (height - new_h) // 2))
+    return np.asarray(canvas, dtype=np.float32)
+
+
+def preprocess(pixels: np.ndarray, contract: InputContract) -> np.ndarray:
+    """float32 (H, W) in [0, 1] → float32 (contract.height, contract.width, contract.channels)."""
+    if pixels.ndim != 2:
+        raise ImageError(f"preprocess expects a 2-D gray image, got shape {pixels.shape}")
+    if pixels.dtype != np.float32:
+        raise ImageError(f"preprocess expects float32 pixels, got {pixels.dtype}")
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < -1e-6 or high > 1 + 1e-6:
+        raise ImageError(f"preprocess expects values in [0, 1], got [{low:.4g}, {high:.4g}]")
+
+    gray = np.clip(resize_gray(pixels, contract.height, contract.width, contract.resize), 0.0, 1.0)
+    image = gray[..., None]
+    if contract.channels == 3:
+        image = np.repeat(image, 3, axis=-1)
+    return normalize(image, contract).astype(np.float32, copy=False)
+
+
+def normalize(image: np.ndarray, contract: InputContract) -> np.ndarray:
+    """Map [0, 1] values onto the range the model expects (see ``Normalization``)."""
+    match contract.normalization:
+        case "unit":
+            return image
+        case "symmetric":
+            return image * 2.0 - 1.0
+        case "raw255":
+            return image * 255.0
+        case "torch":
+            if contract.channels == 1:
+                return (image - _IMAGENET_MEAN_RGB.mean()) / _IMAGENET_STD_RGB.mean()
+            return (image - _IMAGENET_MEAN_RGB) / _IMAGENET_STD_RGB
+        case "caffe":  # channels are BGR, but a replicated gray image is the same in any order
+            if contract.channels == 1:
+                return image * 255.0 - _CAFFE_MEAN_BGR.mean()
+            return image * 255.0 - _CAFFE_MEAN_BGR
+    raise ImageError(f"unknown normalization {contract.normalization!r}")  # pragma: no cover

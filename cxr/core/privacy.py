@@ -1,0 +1,43 @@
+"""Identifiers in, salted hashes out. Patient ids and DICOM UIDs are never stored in clear.
+
+HMAC-SHA256 with a secret salt rather than a bare hash: patient ids are short and guessable, so
+an unsalted hash could be reversed by enumerating them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from cxr.core.settings import Settings, get_settings
+
+_SALT_FILE = "patient-id-salt"
+
+
+def _salt(settings: Settings) -> bytes:
+    if settings.patient_id_salt is not None:
+        return settings.patient_id_salt.get_secret_value().encode()
+    path = Path(settings.data_dir) / _SALT_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # another process created it first; use theirs
+        else:
+            with os.fdopen(fd, "w") as out:
+                out.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def hash_identifier(value: str, settings: Settings | None = None) -> str:
+    """The salted hash of an identifier (hex, 64 characters)."""
+    key = _salt(settings or get_settings())
+    return hmac.new(key, value.strip().encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,163 @@
+"""All configuration, in one typed object read from ``CXR_*`` environment variables.
+
+The embedded defaults need no server at all: SQLite at ``$CXR_DATA_DIR/cxr.db`` and a local
+object store at ``$CXR_DATA_DIR/objects``; with no broker, tasks run in-process. Production points
+the same names at PostgreSQL, Redis and S3/MinIO. Objects are built *from* this (``open_store``,
+``make_engine``), never from loose CLI dictionaries.
+
+Credentials come only from the environment (``CXR_S3_*`` or boto3's own ``AWS_*`` chain) and are
+held as ``SecretStr`` so that printing a ``Settings`` never shows them.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_SECRET_MASK = "***"
+
+
+class Settings(BaseSettings):
+    """The effective configuration. Every field maps to ``CXR_<FIELD_NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CXR_", extra="ignore", validate_default=True)
+
+    data_dir: Path = Field(
+        default=Path("cxr-data"),
+        description="Root of every embedded default (SQLite file, local object store, model "
+        "cache); moving it moves them all.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL. Unset: sqlite:///$CXR_DATA_DIR/cxr.db. Production: "
+        "postgresql+psycopg2://user:pass@host/db.",
+    )
+    storage_url: str | None = Field(
+        default=None,
+        description="Where models, artifacts and reports live: file:///abs/path or "
+        "s3://bucket/prefix. Unset: file://$CXR_DATA_DIR/objects.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="S3-compatible endpoint (MinIO, SeaweedFS); unset for AWS itself.",
+    )
+    s3_region: str = Field(default="us-east-1", description="Region used to sign S3 requests.")
+    s3_access_key_id: SecretStr | None = Field(
+        default=None,
+        description="S3 access key; unset falls back to boto3's chain (AWS_ACCESS_KEY_ID, ...).",
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None, description="S3 secret key; unset falls back to boto3's chain."
+    )
+    s3_max_attempts: int = Field(
+        default=8,
+        ge=1,
+        description="boto3 'standard' retry attempts per S3 call (exponential backoff with "
+        "jitter); covers a storage server restarting for a few seconds.",
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker (redis://host:6379/0). Unset: tasks run in-process.",
+    )
+    model_cache_dir: Path | None = Field(
+        default=None,
+        description="Local cache of pulled models, keyed by sha256. Unset: $CXR_DATA_DIR/model-cache.",
+    )
+    patient_id_salt: SecretStr | None = Field(
+        default=None,
+        description="Salt for hashing patient ids and DICOM UIDs. Unset: a random salt is "
+        "created once in $CXR_DATA_DIR/patient-id-salt (mode 0600). Set it in production so "
+        "every host hashes alike.",
+    )
+    max_image_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1, description="Images larger than this are refused."
+    )
+    max_image_pixels: int = Field(
+        default=60_000_000,
+        ge=1,
+        description="Images whose header claims more pixels are refused before decoding "
+        "(decompression bombs).",
+    )
+    inference_batch_size: int = Field(default=32, ge=1, description="Images per forward pass.")
+    decode_threads: int = Field(
+        default=2, ge=1, description="Threads that fetch and decode while the model infers."
+    )
+    chunk_size: int = Field(default=64, ge=1, description="Images per task sent to a worker.")
+    model_cache_size: int = Field(
+        default=2, ge=1, description="Models held in memory per worker process (LRU)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("file", "s3"):
+            raise ValueError(f"CXR_STORAGE_URL must be file:///path or s3://bucket/prefix, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        root = self.data_dir.expanduser().absolute()
+        self.data_dir = root
+        if self.database_url is None:
+            self.database_url = f"sqlite:///{root / 'cxr.db'}"
+        if self.storage_url is None:
+            self.storage_url = (root / "objects").as_uri()
+        if self.model_cache_dir is None:
+            self.model_cache_dir = root / "model-cache"
+        return self
+
+    @property
+    def in_process(self) -> bool:
+        """True when no broker is configured: tasks run inside the calling process."""
+        return not self.broker_url
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as plain data, every secret (and URL password) masked."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = _SECRET_MASK
+            elif isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, str) and "://" in value:
+                value = mask_url(value)
+            out[name] = value
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Replace the password in ``scheme://user:password@host/...`` with ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:{_SECRET_MASK}@{netloc}"))
+
+
+_URL_PASSWORD = re.compile(r"(\w+://[^:/@\s]*:)[^@\s]+@")
+
+
+def scrub_secrets(text: str) -> str:
+    """Mask URL passwords anywhere in a free-form text (error messages, log lines)."""
+    return _URL_PASSWORD.sub(rf"\1{_SECRET_MASK}@", text)
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def reload_settings() -> Settings:
+    """Forget the cached settings (tests and CLI options that change the environment)."""
+    get_settings.cache_clear()
+    return get_settings()
