@@ -1,0 +1,120 @@
+"""The model manifest: validated data (a schema), never code.
+
+Modelled on MONAI's bundle metadata: it states the input contract, the classes in output order,
+the layer explanations use, what the metrics were measured on, lineage (parent version, training
+data fingerprint) and the file's sha256, so a worker can check and feed a model it has never seen.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cxr import INTENDED_USE
+from cxr.core.errors import ManifestError
+from cxr.core.imaging.contract import InputContract
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+ALIAS_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+RESERVED_ALIASES = frozenset({"latest"})
+SHA256_PATTERN = re.compile(r"^[0-9a-f]{64}$")
+
+
+def validate_name(name: str) -> str:
+    if not NAME_PATTERN.match(name or ""):
+        raise ManifestError(
+            f"invalid model name {name!r}: use 1-64 lowercase letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def validate_alias(alias: str) -> str:
+    if not ALIAS_PATTERN.match(alias or "") or alias in RESERVED_ALIASES:
+        raise ManifestError(
+            f"invalid alias {alias!r}: use 1-32 lowercase letters, digits, '_' or '-', starting "
+            f"with a letter; {', '.join(sorted(RESERVED_ALIASES))} is reserved"
+        )
+    return alias
+
+
+class MetricRecord(BaseModel):
+    """Figures measured on one dataset; always with the data they were measured on and N."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="What the figures were measured on, e.g. 'cxr-dev test split'.")
+    n: int = Field(ge=0, description="Number of images behind the figures.")
+    values: dict[str, Any] = Field(description="Metric name → value (floats, or nested per class).")
+    measured_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
+class Manifest(BaseModel):
+    """Everything needed to check, feed and understand one model version."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    schema_version: Literal[1] = 1
+    name: str
+    version: int = Field(ge=1)
+    created_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    architecture: str
+    classes: list[str] = Field(min_length=2, description="Class names in the model's output order.")
+    input: InputContract
+    output: Literal["softmax", "sigmoid"] = Field(
+        description="softmax: one probability per class; sigmoid: one unit for classes[1] "
+        "(two-class models), P(classes[0]) = 1 - output."
+    )
+    gradcam_layer: str | None = Field(default=None, description="Conv layer Grad-CAM reads.")
+    metrics: list[MetricRecord] = Field(default_factory=list)
+    training_data_fingerprint: str | None = None
+    parent_version: int | None = None
+    library_versions: dict[str, str] = Field(default_factory=dict)
+    file: str = "model.keras"
+    sha256: str
+    size_bytes: int = Field(ge=0)
+    intended_use: str = INTENDED_USE
+    description: str = ""
+    changelog: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return validate_name(value)
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha(cls, value: str) -> str:
+        if not SHA256_PATTERN.match(value):
+            raise ValueError(f"sha256 must be 64 lowercase hex digits, got {value!r}")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"class names must be unique, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _output_matches_classes(self) -> Manifest:
+        if self.output == "sigmoid" and len(self.classes) != 2:
+            raise ValueError("a sigmoid output needs exactly two classes")
+        return self
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, where: str = "manifest") -> Manifest:
+        try:
+            return cls.model_validate_json(text)
+        except ValueError as exc:
+            raise ManifestError(f"{where} is not a valid manifest: {exc}") from exc

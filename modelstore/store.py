@@ -1,0 +1,292 @@
+"""The model registry on top of object storage (MLflow's registry semantics, S3's primitives).
+
+Layout under the store root::
+
+    models/<name>/<version>/.claim          written first, atomically: reserves the number
+    models/<name>/<version>/model.keras
+    models/<name>/<version>/manifest.json   written last: its presence means "published"
+    models/<name>/aliases/<alias>.json      a mutable pointer {"version": N, "sha256": ...}
+
+Version numbers go up by one per publish and are never reused: a publisher reserves a number
+with a create-if-absent write (S3 ``If-None-Match: *``, a hard link locally), so two concurrent
+publishers cannot get the same one, and a publish that dies half-way leaves a gap, not a reuse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cxr.core.errors import ManifestError, ModelIntegrityError, ModelNotFound, ObjectNotFound
+from cxr.core.imaging.contract import InputContract
+from cxr.core.storage import ObjectStore
+from modelstore.manifest import Manifest, MetricRecord, validate_alias, validate_name
+
+log = logging.getLogger(__name__)
+
+_BLOCK = 1024 * 1024
+#: Called after publish / promote with the manifest, e.g. to mirror it into the SQL catalogue.
+PublishHook = Callable[[Manifest, str], None]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """An exact model version: what a job pins at submit time and every chunk carries."""
+
+    name: str
+    version: int
+    sha256: str
+    uri: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "sha256": self.sha256, "uri": self.uri}
+
+
+@dataclass(frozen=True)
+class PulledModel:
+    """A verified local copy of a model file and its manifest."""
+
+    path: Path
+    manifest: Manifest
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """'name@ref' → (name, ref); a bare name means 'latest'."""
+    name, _, selector = ref.partition("@")
+    return validate_name(name), selector or "latest"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ModelStore:
+    """Publish, list, resolve, promote and pull model versions."""
+
+    def __init__(self, storage: ObjectStore, cache_dir: Path, on_publish: PublishHook | None = None) -> None:
+        self.storage = storage
+        self.cache_dir = Path(cache_dir)
+        self.on_publish = on_publish
+
+    # ---- keys -------------------------------------------------------------------------------
+    @staticmethod
+    def _version_key(name: str, version: int, file: str) -> str:
+        return f"models/{name}/{version}/{file}"
+
+    @staticmethod
+    def _alias_key(name: str, alias: str) -> str:
+        return f"models/{name}/aliases/{alias}.json"
+
+    # ---- listing ----------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        found: set[str] = set()
+        for info in self.storage.list("models/"):
+            parts = info.key.split("/")
+            if len(parts) == 4 and parts[3] == "manifest.json":
+                found.add(parts[1])
+        return sorted(found)
+
+    def _numbers(self, name: str, marker: str) -> list[int]:
+        numbers = []
+        for info in self.storage.list(f"models/{name}/"):
+            parts = info.key.split("/")
+            if len(parts) == 4 and parts[3] == marker and parts[2].isdigit():
+                numbers.append(int(parts[2]))
+        return sorted(numbers)
+
+    def versions(self, name: str) -> list[int]:
+        """Published versions of a model, oldest first."""
+        return self._numbers(validate_name(name), "manifest.json")
+
+    def manifest(self, name: str, version: int) -> Manifest:
+        key = self._version_key(validate_name(name), version, "manifest.json")
+        try:
+            raw = self.storage.get(key)
+        except ObjectNotFound as exc:
+            raise ModelNotFound(f"no model {name}@{version}") from exc
+        manifest = Manifest.from_json(raw, where=self.storage.uri(key))
+        if (manifest.name, manifest.version) != (name, version):
+            raise ManifestError(f"{self.storage.uri(key)} describes {manifest.ref}, not {name}@{version}")
+        return manifest
+
+    def aliases(self, name: str) -> dict[str, int]:
+        out = {}
+        for info in self.storage.list(f"models/{validate_name(name)}/aliases/"):
+            alias = info.key.rsplit("/", 1)[1].removesuffix(".json")
+            out[alias] = int(json.loads(self.storage.get(info.key))["version"])
+        return out
+
+    # ---- resolving --------------------------------------------------------------------------
+    def resolve(self, ref: str) -> ResolvedModel:
+        """'name@production' | 'name@3' | 'name@latest' | 'name' → the exact version."""
+        name, selector = parse_ref(ref)
+        if selector == "latest":
+            versions = self.versions(name)
+            if not versions:
+                raise ModelNotFound(f"no published versions of model {name!r}")
+            version = versions[-1]
+        elif selector.isdigit():
+            version = int(selector)
+        else:
+            key = self._alias_key(name, validate_alias(selector))
+            try:
+                version = int(json.loads(self.storage.get(key))["version"])
+            except ObjectNotFound as exc:
+                raise ModelNotFound(f"model {name!r} has no alias {selector!r}") from exc
+        manifest = self.manifest(name, version)
+        return ResolvedModel(
+            name=name,
+            version=version,
+            sha256=manifest.sha256,
+            uri=self.storage.uri(self._version_key(name, version, manifest.file)),
+        )
+
+    # ---- publishing -------------------------------------------------------------------------
+    def _reserve_version(self, name: str) -> int:
+        claimed = self._numbers(name, ".claim")
+        version = (claimed[-1] if claimed else 0) + 1
+        stamp = json.dumps({"claimed_at": dt.datetime.now(dt.UTC).isoformat(), "pid": os.getpid()})
+        while not self.storage.put_if_absent(self._version_key(name, version, ".claim"), stamp.encode()):
+            version += 1  # someone else took it between our listing and our claim
+        return version
+
+    def publish(
+        self,
+        name: str,
+        model_file: Path,
+        *,
+        architecture: str,
+        classes: list[str],
+        input_contract: InputContract,
+        output: str,
+        gradcam_layer: str | None = None,
+        metrics: Iterable[MetricRecord] = (),
+        training_data_fingerprint: str | None = None,
+        parent_version: int | None = None,
+        library_versions: dict[str, str] | None = None,
+        description: str = "",
+        aliases: Iterable[str] = (),
+    ) -> Manifest:
+        """Upload a model file and its manifest as the next version of ``name``."""
+        validate_name(name)
+        for alias in aliases:
+            validate_alias(alias)
+        model_file = Path(model_file)
+        if model_file.suffix != ".keras":
+            raise ManifestError(f"publish expects a .keras file, got {model_file.name}")
+        sha256, size = sha256_file(model_file), model_file.stat().st_size
+        version = self._reserve_version(name)
+        manifest = Manifest(
+            name=name,
+            version=version,
+            architecture=architecture,
+            classes=list(classes),
+            input=input_contract,
+            output=output,  # type: ignore[arg-type]  # validated by pydantic
+            gradcam_layer=gradcam_layer,
+            metrics=list(metrics),
+            training_data_fingerprint=training_data_fingerprint,
+            parent_version=parent_version,
+            library_versions=library_versions or {},
+            sha256=sha256,
+            size_bytes=size,
+            description=description,
+        )
+        with model_file.open("rb") as stream:
+            self.storage.put(self._version_key(name, version, manifest.file), stream)
+        self._write_manifest(manifest)
+        log.info("published %s (sha256 %s, %d bytes)", manifest.ref, sha256[:12], size)
+        for alias in aliases:
+            self.set_alias(name, alias, version)
+        return manifest
+
+    def _write_manifest(self, manifest: Manifest) -> None:
+        key = self._version_key(manifest.name, manifest.version, "manifest.json")
+        self.storage.put(key, manifest.to_json().encode(), content_type="application/json")
+        if self.on_publish is not None:
+            self.on_publish(
+                manifest, self.storage.uri(self._version_key(manifest.name, manifest.version, manifest.file))
+            )
+
+    def add_metrics(self, name: str, version: int, record: MetricRecord) -> Manifest:
+        """Append evaluation figures to a published manifest (the model file is untouched)."""
+        manifest = self.manifest(name, version)
+        updated = manifest.model_copy(update={"metrics": [*manifest.metrics, record]})
+        self._write_manifest(updated)
+        return updated
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        """Point ``alias`` at ``version`` (which must be published)."""
+        manifest = self.manifest(validate_name(name), version)
+        key = self._alias_key(name, validate_alias(alias))
+        previous = None
+        with contextlib.suppress(ObjectNotFound):
+            previous = json.loads(self.storage.get(key))["version"]
+        body = {
+            "version": version,
+            "sha256": manifest.sha256,
+            "previous": previous,
+            "updated_at": dt.datetime.now(dt.UTC).isoformat(),
+        }
+        self.storage.put(key, json.dumps(body).encode(), content_type="application/json")
+        log.info("alias %s@%s -> %d (was %s)", name, alias, version, previous)
+
+    # ---- pulling ----------------------------------------------------------------------------
+    def pull(self, ref: str | ResolvedModel) -> PulledModel:
+        """A local, sha256-verified copy of the model file (downloaded once per sha256)."""
+        resolved = ref if isinstance(ref, ResolvedModel) else self.resolve(ref)
+        manifest = self.manifest(resolved.name, resolved.version)
+        if manifest.sha256 != resolved.sha256:
+            raise ModelIntegrityError(
+                f"{resolved.ref}: manifest sha256 {manifest.sha256[:12]}… differs from the pinned "
+                f"{resolved.sha256[:12]}…; the version was rewritten after it was resolved"
+            )
+        target = self.cache_dir / manifest.sha256 / manifest.file
+        if target.exists():
+            if sha256_file(target) == manifest.sha256:
+                return PulledModel(target, manifest)
+            log.warning("cached copy of %s is corrupt; downloading again", resolved.ref)
+            target.unlink()
+        self._download_verified(resolved, manifest, target)
+        return PulledModel(target, manifest)
+
+    def _download_verified(self, resolved: ResolvedModel, manifest: Manifest, target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=target.parent)
+        tmp = Path(tmp_name)
+        try:
+            with (
+                os.fdopen(fd, "wb") as out,
+                self.storage.open(
+                    self._version_key(resolved.name, resolved.version, manifest.file)
+                ) as source,
+            ):
+                while block := source.read(_BLOCK):
+                    digest.update(block)
+                    out.write(block)
+            if digest.hexdigest() != manifest.sha256:
+                raise ModelIntegrityError(
+                    f"model file of {resolved.ref} has sha256 {digest.hexdigest()}, but its "
+                    f"manifest says {manifest.sha256}: refused (tampered or corrupt)"
+                )
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
