@@ -1,0 +1,35 @@
+"""Entry point: ``cxr <command>``. Heavy imports (TensorFlow) happen inside the commands that
+need them, so ``cxr config`` and ``cxr models list`` start fast."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+from cxr import __version__
+from cxr.cli.config_cmd import config
+from cxr.cli.db_cmd import db
+from cxr.cli.models_cmd import models
+
+
+@click.group()
+@click.version_option(__version__, prog_name="cxr")
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+def cli(verbose: bool) -> None:
+    """cxr: screen chest X-ray archives for COVID-19 and pneumonia, explain every call.
+
+    Research use only. Not for clinical decisions.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from cxr.core.settings import get_settings
+
+    level = "DEBUG" if verbose else get_settings().log_level
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # migrations are routine here
+
+
+cli.add_command(config)
+cli.add_command(db)
+cli.add_command(models)

@@ -1,0 +1,151 @@
+"""``cxr models``: the model registry from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cxr.cli.common import emit_json, handle_errors, json_option, ready_settings
+
+
+def _store():
+    from modelstore import open_model_store
+
+    return open_model_store(ready_settings())
+
+
+@click.group()
+def models() -> None:
+    """List, inspect, promote, pull and import models."""
+
+
+@models.command("list")
+@json_option
+@handle_errors
+def list_models(as_json: bool) -> None:
+    """Every model with its versions and aliases."""
+    store = _store()
+    rows = []
+    for name in store.names():
+        versions = store.versions(name)
+        latest = store.manifest(name, versions[-1])
+        rows.append(
+            {
+                "name": name,
+                "versions": versions,
+                "latest": versions[-1],
+                "aliases": store.aliases(name),
+                "architecture": latest.architecture,
+                "classes": latest.classes,
+                "created_at": latest.created_at.isoformat(),
+            }
+        )
+    if as_json:
+        emit_json({"models": rows})
+        return
+    table = Table("name", "latest", "versions", "aliases", "architecture", "classes")
+    for row in rows:
+        aliases = ", ".join(f"{a}→{v}" for a, v in sorted(row["aliases"].items()))
+        table.add_row(
+            row["name"], str(row["latest"]), str(len(row["versions"])), aliases,
+            row["architecture"], ",".join(row["classes"]),
+        )  # fmt: skip
+    Console().print(table if rows else "no models yet: `cxr train --publish` or `cxr models import`")
+
+
+@models.command()
+@click.argument("ref")
+@json_option
+@handle_errors
+def show(ref: str, as_json: bool) -> None:
+    """A model version's manifest (REF: NAME, NAME@VERSION, NAME@ALIAS or NAME@latest)."""
+    store = _store()
+    resolved = store.resolve(ref)
+    manifest = store.manifest(resolved.name, resolved.version)
+    data = {
+        "resolved": resolved.to_dict(),
+        "aliases": store.aliases(resolved.name),
+        "manifest": manifest.model_dump(mode="json"),
+    }
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"{manifest.ref}  ({manifest.architecture}, {manifest.output} over {manifest.classes})")
+    click.echo(f"  file      {resolved.uri}")
+    click.echo(f"  sha256    {manifest.sha256}")
+    click.echo(f"  input     {manifest.input.height}×{manifest.input.width}×{manifest.input.channels}, "
+               f"{manifest.input.normalization}, {manifest.input.resize}")  # fmt: skip
+    click.echo(f"  grad-cam  {manifest.gradcam_layer}")
+    click.echo(f"  parent    {manifest.parent_version}")
+    click.echo(f"  aliases   {data['aliases']}")
+    for record in manifest.metrics:
+        headline = {k: v for k, v in record.values.items() if isinstance(v, int | float)}
+        click.echo(f"  metrics   {record.dataset} (n={record.n}): {headline}")
+    click.echo(f"  use       {manifest.intended_use}")
+
+
+@models.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--alias", required=True, help="Alias to move, e.g. production.")
+@json_option
+@handle_errors
+def promote(name: str, version: int, alias: str, as_json: bool) -> None:
+    """Point ALIAS of model NAME at VERSION."""
+    store = _store()
+    store.set_alias(name, alias, version)
+    if as_json:
+        emit_json({"name": name, "alias": alias, "version": version})
+    else:
+        click.echo(f"{name}@{alias} → {version}")
+
+
+@models.command()
+@click.argument("ref")
+@json_option
+@handle_errors
+def pull(ref: str, as_json: bool) -> None:
+    """Download a model into the local cache, verifying its sha256."""
+    pulled = _store().pull(ref)
+    data = {"ref": pulled.manifest.ref, "path": str(pulled.path), "sha256": pulled.manifest.sha256}
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"{data['ref']} → {data['path']} (sha256 verified)")
+
+
+@models.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True)
+@click.option("--classes", required=True, help="Class names in output order, comma-separated.")
+@click.option("--image-size", type=int, required=True, help="Input height and width in pixels.")
+@click.option(
+    "--normalization",
+    type=click.Choice(["unit", "symmetric", "caffe", "torch", "raw255"]),
+    default="unit",
+    show_default=True,
+    help="Value range the model was trained on (unit = [0, 1], as the seed models).",
+)
+@click.option("--alias", "aliases", multiple=True, help="Also point this alias at the new version.")
+@json_option
+@handle_errors
+def import_(
+    file: Path, name: str, classes: str, image_size: int, normalization: str, aliases: tuple[str, ...],
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Register a .keras or .h5 model trained elsewhere (loaded in safe mode first)."""
+    from modelstore.importing import import_model
+
+    manifest = import_model(
+        _store(), file, name=name, classes=[c.strip() for c in classes.split(",") if c.strip()],
+        image_size=image_size, normalization=normalization, aliases=aliases,  # type: ignore[arg-type]
+    )  # fmt: skip
+    if as_json:
+        emit_json(
+            {"ref": manifest.ref, "sha256": manifest.sha256, "manifest": manifest.model_dump(mode="json")}
+        )
+    else:
+        click.echo(f"registered {manifest.ref} (sha256 {manifest.sha256[:12]}…)")
