@@ -83,7 +83,7 @@ def _decode_with_pillow(data: bytes, *, max_pixels: int) -> DecodedImage:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"refused as a decompression bomb: {exc}") from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"unreadable image header: {exc}") from exc
+        raise ImageError(f"truncated or corrupt image header: {exc}") from exc
 
     fmt = image.format or "unknown"
     width, height = image.size

@@ -1,0 +1,42 @@
+import boto3
+import botocore.config
+import botocore.exceptions
+import pytest
+
+from cxr.core.errors import PermanentError
+from cxr.core.settings import Settings
+from cxr.core.storage import open_store, read_uri
+from tests.store_contract import check_store_contract
+
+pytestmark = pytest.mark.integration
+
+
+def test_s3_store_contract(s3_settings):
+    store = open_store(settings=s3_settings)
+    check_store_contract(store)
+    uri = store.put("round/trip.bin", b"\x00\x01binary")
+    assert uri.startswith("s3://")
+    assert read_uri(uri, s3_settings) == b"\x00\x01binary"
+
+
+def test_wrong_secret_is_refused(s3_server, s3_settings):
+    good = open_store(settings=s3_settings)
+    good.put("private.txt", b"secret")
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key="not-the-secret",
+        region_name="us-east-1",
+        config=botocore.config.Config(retries={"max_attempts": 1}),
+    )
+    bucket = s3_settings.storage_url.split("/")[2]
+    with pytest.raises(botocore.exceptions.ClientError) as caught:
+        client.get_object(Bucket=bucket, Key="store/private.txt")
+    assert caught.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+
+    wrong = Settings(**{**s3_settings.model_dump(), "s3_secret_access_key": "not-the-secret"})
+    with pytest.raises(PermanentError, match="SignatureDoesNotMatch") as caught:
+        open_store(settings=wrong).get("private.txt")
+    assert "not-the-secret" not in str(caught.value)
+    assert s3_server.secret_key not in str(caught.value)
