@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +45,14 @@ def is_dicom(data: bytes) -> bool:
     return data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
-def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImage:
-    """Decode PNG/JPEG/TIFF/WebP/BMP (through Pillow) or DICOM (through pydicom)."""
+def decode_image(
+    data: bytes, *, max_bytes: int, max_pixels: int, hasher: Callable[[str], str] | None = None
+) -> DecodedImage:
+    """Decode PNG/JPEG/TIFF/WebP/BMP (through Pillow) or DICOM (through pydicom).
+
+    ``hasher`` turns DICOM identifiers (patient id, UIDs) into salted hashes for the metadata;
+    without one they are dropped.
+    """
     if len(data) == 0:
         raise ImageError("empty file (0 bytes)")
     if len(data) > max_bytes:
@@ -53,7 +60,7 @@ def decode_image(data: bytes, *, max_bytes: int, max_pixels: int) -> DecodedImag
     if is_dicom(data):
         from cxr.core.imaging.dicom import decode_dicom  # pydicom only when needed
 
-        decoded = decode_dicom(data, max_pixels=max_pixels)
+        decoded = decode_dicom(data, max_pixels=max_pixels, hasher=hasher)
     else:
         decoded = _decode_with_pillow(data, max_pixels=max_pixels)
     _check_size(decoded.width, decoded.height)

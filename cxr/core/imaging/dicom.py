@@ -33,7 +33,6 @@ def decode_dicom(
 ) -> DecodedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
@@ -62,13 +61,12 @@ def decode_dicom(
     except (ValueError, AttributeError, KeyError) as exc:
         raise ImageError(f"corrupt DICOM pixel data: {exc}") from exc
 
-    values = apply_modality_lut(stored, ds).astype(np.float64)
-    try:
-        windowed = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64)
-        if not np.isfinite(windowed).all() or windowed.max() <= windowed.min():
-            raise ValueError("VOI LUT produced a flat or non-finite image")
-    except (ValueError, IndexError, TypeError, KeyError, AttributeError):
-        windowed = values  # a bogus VOI LUT falls back to the full modality range
+    if stored.ndim == 3 and stored.shape[-1] == 3:  # colour secondary capture: no LUTs apply
+        windowed = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    elif stored.ndim == 2:
+        windowed = _apply_luts(stored, ds)
+    else:
+        raise ImageError(f"DICOM pixel array has shape {stored.shape}; expected one gray frame")
     pixels = _min_max(windowed)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         pixels = 1.0 - pixels
@@ -79,6 +77,20 @@ def decode_dicom(
         bit_depth=bits,
         metadata=_safe_metadata(ds, view, hasher),
     )
+
+
+def _apply_luts(stored: np.ndarray, ds: Any) -> np.ndarray:
+    """Modality LUT (rescale) then VOI LUT or window; a bogus VOI falls back to the full range."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    try:
+        windowed = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64)
+    except (ValueError, IndexError, TypeError, KeyError, AttributeError):
+        return values
+    if not np.isfinite(windowed).all() or windowed.max() <= windowed.min():
+        return values
+    return windowed
 
 
 def _safe_metadata(ds: Any, view: str, hasher: Callable[[str], str] | None) -> dict[str, Any]:
