@@ -83,13 +83,15 @@ def _apply_luts(stored: np.ndarray, ds: Any) -> np.ndarray:
     """Modality LUT (rescale) then VOI LUT or window; a bogus VOI falls back to the full range."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    values = np.asarray(apply_modality_lut(stored, ds))
+    if values.dtype.kind == "f" and np.all(np.mod(values, 1) == 0):
+        values = values.astype(np.int64)  # a VOI LUT is indexed by integer values
     try:
         windowed = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64)
     except (ValueError, IndexError, TypeError, KeyError, AttributeError):
-        return values
+        return values.astype(np.float64)
     if not np.isfinite(windowed).all() or windowed.max() <= windowed.min():
-        return values
+        return values.astype(np.float64)
     return windowed
 
 
