@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +19,7 @@ from cxr.core.db.session import session_scope
 from cxr.core.imaging import InputContract, decode_image, preprocess
 from cxr.core.settings import Settings
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 CXR_DEV = Path("/work/shared/data/cxr-dev")
 CLASSES = ["covid", "normal", "pneumonia"]
 CONTRACT = InputContract(height=32, width=32, channels=1, normalization="unit")
@@ -96,3 +101,35 @@ def create_job(settings: Settings, model: dict, total: int) -> str:
         session.add(job)
         session.flush()
         return job.id
+
+
+def worker_env(settings: Settings, data_dir: Path) -> dict[str, str]:
+    """The environment that points a worker process at the same services as ``settings``."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CXR_DATA_DIR": str(data_dir)}
+    for name in (
+        "database_url", "storage_url", "s3_endpoint_url", "s3_access_key_id", "s3_secret_access_key",
+        "s3_max_attempts", "broker_url", "broker_key_prefix", "metrics_port", "inference_batch_size",
+        "decode_threads", "task_time_limit_s",
+    ):  # fmt: skip
+        value = getattr(settings, name)
+        if value is not None:
+            value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            env[f"CXR_{name.upper()}"] = str(value)
+    return env
+
+
+def start_worker(settings: Settings, data_dir: Path, log_path: Path) -> subprocess.Popen:
+    """``celery -A worker worker -Q gpu -P solo`` as a subprocess logging to ``log_path``."""
+    command = [
+        sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "gpu", "-P", "solo",
+        "-l", "INFO", "-n", f"test-{secrets.token_hex(3)}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command, cwd=REPO_ROOT, env=worker_env(settings, data_dir), stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def worker_ready(log_path: Path) -> bool:
+    return b" ready." in log_path.read_bytes()

@@ -8,10 +8,8 @@ in-process forward pass.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -33,7 +31,6 @@ from worker.app import CLASSIFY_CHUNK, make_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 N_GOOD = 6
 
 
@@ -59,42 +56,13 @@ def settings(s3_settings: Settings, pg_url: str, redis_url: str, tmp_path: Path)
         client.delete(key)
 
 
-def worker_env(settings: Settings, data_dir: Path) -> dict[str, str]:
-    assert settings.s3_access_key_id and settings.s3_secret_access_key
-    return {
-        **os.environ,
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "CXR_DATA_DIR": str(data_dir),
-        "CXR_DATABASE_URL": str(settings.database_url),
-        "CXR_STORAGE_URL": str(settings.storage_url),
-        "CXR_S3_ENDPOINT_URL": str(settings.s3_endpoint_url),
-        "CXR_S3_ACCESS_KEY_ID": settings.s3_access_key_id.get_secret_value(),
-        "CXR_S3_SECRET_ACCESS_KEY": settings.s3_secret_access_key.get_secret_value(),
-        "CXR_S3_MAX_ATTEMPTS": "2",
-        "CXR_BROKER_URL": str(settings.broker_url),
-        "CXR_BROKER_KEY_PREFIX": settings.broker_key_prefix,
-        "CXR_METRICS_PORT": str(settings.metrics_port),
-        "CXR_INFERENCE_BATCH_SIZE": str(settings.inference_batch_size),
-        "CXR_TASK_TIME_LIMIT_S": "300",
-    }
-
-
 @pytest.fixture
 def celery_worker(settings: Settings, tmp_path: Path) -> Iterator[Path]:
     """``celery -A worker worker -Q gpu -P solo`` as a subprocess; yields its log file."""
     log_path = tmp_path / "worker.log"
-    command = [
-        sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "gpu", "-P", "solo",
-        "-l", "INFO", "-n", f"test-{secrets.token_hex(3)}@%h",
-        "--without-gossip", "--without-mingle", "--without-heartbeat",
-    ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=worker_env(settings, tmp_path / "worker-data"),
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+    process = support.start_worker(settings, tmp_path / "worker-data", log_path)
     try:
-        wait_for(lambda: b" ready." in log_path.read_bytes(), 90, "worker ready", process, log_path)
+        wait_for(lambda: support.worker_ready(log_path), 90, "worker ready", process, log_path)
         yield log_path
     finally:
         services.stop_process(process)
