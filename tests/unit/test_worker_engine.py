@@ -170,3 +170,47 @@ def test_sigmoid_output_becomes_two_class_probabilities():
     )  # fmt: skip
     probs = to_probabilities(np.array([[0.9], [0.2]]), manifest)
     np.testing.assert_allclose(probs, [[0.1, 0.9], [0.8, 0.2]])
+
+
+def test_without_a_broker_chunks_run_in_process(settings, model, tmp_path):
+    from worker.app import send_classify_chunk
+
+    uris = write_images(tmp_path / "images", [support.synthetic_png(s) for s in range(3)])
+    job_id = support.create_job(settings, model, total=3)
+    assert settings.in_process
+    send_classify_chunk(settings, job_id, model, uris, 0)
+    assert job_counters(settings, job_id) == (3, 0, "finished")
+
+
+def test_unreachable_storage_is_retried_then_recorded_as_fetch_failures(settings, model, monkeypatch):
+    from cxr.core.settings import reload_settings
+    from tests.services import free_port
+    from worker.tasks import classify_chunk
+
+    env = {
+        "CXR_DATA_DIR": str(settings.data_dir),
+        "CXR_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "CXR_S3_ACCESS_KEY_ID": "x",
+        "CXR_S3_SECRET_ACCESS_KEY": "y",
+        "CXR_S3_MAX_ATTEMPTS": "1",
+        "CXR_TASK_MAX_RETRIES": "2",
+        "CXR_RETRY_BACKOFF_S": "0.01",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    task_settings = reload_settings()
+    uris = ["s3://archive/a.png", "s3://archive/b.png"]
+    job_id = support.create_job(task_settings, model, total=2)
+    try:
+        result = classify_chunk.apply(kwargs={"job_id": job_id, "model": model, "uris": uris, "chunk_seq": 0})
+    finally:
+        monkeypatch.undo()
+        reload_settings()
+
+    assert result.failed()
+    with session_scope(settings) as session:
+        failures = session.scalars(select(Failure)).all()
+        chunk = session.scalars(select(Chunk)).one()
+    assert {f.stage for f in failures} == {"fetch"} and len(failures) == 2
+    assert "gave up after 2 retries" in failures[0].reason
+    assert chunk.status == ChunkStatus.FAILED and chunk.deliveries == 3  # 1 start + 2 retries
