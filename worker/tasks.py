@@ -8,6 +8,7 @@ import random
 from typing import Any
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 import worker.lifecycle  # noqa: F401  (connects the worker-process signal handlers)
@@ -40,8 +41,18 @@ def classify_chunk(self: Task, job_id: str, model: dict[str, Any], uris: list[st
     retries = int(self.request.retries or 0)
     try:
         report = run_classify_chunk(settings, job_id, model, uris, chunk_seq, attempt=retries)
+    except SoftTimeLimitExceeded:
+        limit = settings.task_time_limit_s
+        give_up_chunk(
+            settings, job_id, chunk_seq, uris, "timeout", f"chunk exceeded 90% of its {limit} s limit"
+        )
+        raise
     except Exception as exc:
         if not is_transient(exc):
+            # A bug or an unexpected library error: account for the images, so the job can
+            # still finish, and let Celery record the task as failed with the traceback.
+            reason = f"unexpected error: {type(exc).__name__}: {str(exc)[:300]}"
+            give_up_chunk(settings, job_id, chunk_seq, uris, "worker", reason)
             raise
         if retries >= settings.task_max_retries:
             stage = "fetch" if isinstance(exc, StorageUnavailable) else "write"

@@ -214,3 +214,16 @@ def test_unreachable_storage_is_retried_then_recorded_as_fetch_failures(settings
     assert {f.stage for f in failures} == {"fetch"} and len(failures) == 2
     assert "gave up after 2 retries" in failures[0].reason
     assert chunk.status == ChunkStatus.FAILED and chunk.deliveries == 3  # 1 start + 2 retries
+
+
+def test_a_pinned_model_that_fails_its_checksum_fails_the_chunk_images(settings, model, tmp_path):
+    uris = write_images(tmp_path / "images", [support.synthetic_png(0)])
+    job_id = support.create_job(settings, model, total=1)
+    tampered = {**model, "sha256": "f" * 64}
+
+    report = run_classify_chunk(settings, job_id, tampered, uris, 0, cache=ModelCache(settings))
+
+    assert report.status == "gave-up" and "unavailable" in report.reason
+    with session_scope(settings) as session:
+        assert session.scalars(select(Failure.stage)).all() == ["model"]
+    assert job_counters(settings, job_id) == (0, 1, "finished")
