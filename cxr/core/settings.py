@@ -92,6 +92,40 @@ class Settings(BaseSettings):
     model_cache_size: int = Field(
         default=2, ge=1, description="Models held in memory per worker process (LRU)."
     )
+    broker_key_prefix: str = Field(
+        default="",
+        description="Prefix of every Redis key the broker uses (kombu 'global_keyprefix'), so "
+        "two deployments or test runs can share one Redis without seeing each other's queues.",
+    )
+    task_time_limit_s: int = Field(
+        default=1800,
+        ge=10,
+        description="Hard time limit of one chunk task (the worker child is killed past it). "
+        "The soft limit is 90% of it; the Redis visibility timeout is derived from it.",
+    )
+    max_deliveries: int = Field(
+        default=3,
+        ge=1,
+        description="Times a chunk may be started without finishing (its worker died or was "
+        "killed) before its images are recorded as failures instead of retried forever.",
+    )
+    task_max_retries: int = Field(
+        default=6,
+        ge=0,
+        description="Retries of a chunk after a transient error (storage or database "
+        "unreachable), with exponential backoff and jitter between them.",
+    )
+    retry_backoff_s: float = Field(
+        default=2.0, gt=0, description="First retry delay; doubles on each retry (with jitter)."
+    )
+    retry_backoff_max_s: float = Field(default=300.0, gt=0, description="Cap of the retry delay.")
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Base port of the worker's Prometheus endpoint; each worker process serves "
+        "on base + its pool index (solo / -c 1: the base port). 0 disables the endpoint.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 
     @field_validator("storage_url")
@@ -112,6 +146,15 @@ class Settings(BaseSettings):
         if self.model_cache_dir is None:
             self.model_cache_dir = root / "model-cache"
         return self
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Seconds Redis waits for an unacknowledged chunk before handing it to another worker.
+
+        Four times the hard task limit: a chunk can never still be running when it is
+        delivered again (the design asks for at least three times the longest chunk).
+        """
+        return 4 * self.task_time_limit_s
 
     @property
     def in_process(self) -> bool:

@@ -1,0 +1,163 @@
+"""A real Celery worker process against real Redis, PostgreSQL and an S3 server.
+
+The model is published to the S3 model store, the images are uploaded to S3, the chunk is sent by
+task name through the broker, and the results are read back from PostgreSQL and compared with an
+in-process forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from cxr.core.db.migrate import upgrade
+from cxr.core.db.models import Chunk, Failure, Job, Prediction
+from cxr.core.db.session import dispose_engines, session_scope
+from cxr.core.settings import Settings
+from cxr.core.storage import open_store
+from modelstore import open_model_store
+from tests import services
+from tests import worker_support as support
+from worker.app import CLASSIFY_CHUNK, make_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N_GOOD = 6
+
+
+@pytest.fixture
+def settings(s3_settings: Settings, pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Settings]:
+    settings = s3_settings.model_copy(
+        update={
+            "database_url": pg_url,
+            "broker_url": redis_url,
+            "broker_key_prefix": f"cxr-test-{services.RUN_ID}-{secrets.token_hex(3)}:",
+            "metrics_port": services.free_port(),
+            "inference_batch_size": 4,
+            "model_cache_dir": tmp_path / "test-model-cache",
+        }
+    )
+    upgrade(settings=settings)
+    yield settings
+    dispose_engines()
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    for key in client.scan_iter(match=f"{settings.broker_key_prefix}*"):
+        client.delete(key)
+
+
+@pytest.fixture
+def celery_worker(settings: Settings, tmp_path: Path) -> Iterator[Path]:
+    """``celery -A worker worker -Q gpu -P solo`` as a subprocess; yields its log file."""
+    log_path = tmp_path / "worker.log"
+    process = support.start_worker(settings, tmp_path / "worker-data", log_path)
+    try:
+        wait_for(lambda: support.worker_ready(log_path), 90, "worker ready", process, log_path)
+        yield log_path
+    finally:
+        services.stop_process(process)
+
+
+def wait_for(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    process: subprocess.Popen | None = None,
+    log_path: Path | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process is not None and process.poll() is not None:
+            break
+        time.sleep(0.3)
+    tail = log_path.read_text(errors="replace")[-3000:] if log_path else ""
+    pytest.fail(f"timed out waiting for {what}\n{tail}")
+
+
+def scored_total(port: int) -> float:
+    """Sum of cxr_images_scored_total over all label sets, scraped from the worker."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("cxr_images_scored_total{")
+    )
+
+
+def job_state(settings: Settings, job_id: str) -> tuple[int, int]:
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        return job.scored, job.failed
+
+
+def tasks_succeeded(log_path: Path) -> int:
+    lines = log_path.read_text(errors="replace").splitlines()
+    return sum(1 for line in lines if f"Task {CLASSIFY_CHUNK}[" in line and " succeeded in " in line)
+
+
+def chunk_deliveries(settings: Settings, job_id: str) -> int:
+    with session_scope(settings) as session:
+        return session.scalar(select(Chunk.deliveries).where(Chunk.job_id == job_id)) or 0
+
+
+def test_real_worker_scores_a_chunk_from_s3_into_postgres(settings, celery_worker, tmp_path):
+    model_file = support.build_model(tmp_path / "tiny.keras")
+    manifest = open_model_store(settings).publish(
+        "worker-it", model_file, architecture="tiny_cnn", classes=support.CLASSES,
+        input_contract=support.CONTRACT, output="softmax",
+    )  # fmt: skip
+    model = {"name": manifest.name, "version": manifest.version, "sha256": manifest.sha256}
+
+    images = support.sample_images(N_GOOD)
+    bucket = open_store(settings.storage_url.rsplit("/", 1)[0], settings)
+    uris = [bucket.put(f"archive/img{i}.img", data) for i, data in enumerate([*images, support.CORRUPT])]
+    job_id = support.create_job(settings, model, total=len(uris))
+    port = settings.metrics_port
+    before = scored_total(port)
+
+    app = make_app(settings)
+    kwargs = {"job_id": job_id, "model": model, "uris": uris, "chunk_seq": 0}
+    app.send_task(CLASSIFY_CHUNK, kwargs=kwargs)
+    wait_for(
+        lambda: sum(job_state(settings, job_id)) == len(uris), 180, "job counters", log_path=celery_worker
+    )
+
+    assert job_state(settings, job_id) == (N_GOOD, 1)
+    assert scored_total(port) - before == len(uris)
+
+    expected = support.reference_probabilities(model_file, images, support.CONTRACT)
+    with session_scope(settings) as session:
+        stored = {
+            p.image_sha256: p.probabilities
+            for p in session.scalars(select(Prediction).where(Prediction.job_id == job_id))
+        }
+        failure = session.scalars(select(Failure).where(Failure.job_id == job_id)).one()
+    assert len(stored) == N_GOOD
+    for data, row in zip(images, expected, strict=True):
+        probs = stored[hashlib.sha256(data).hexdigest()]
+        np.testing.assert_allclose([probs[c] for c in support.CLASSES], row, atol=1e-5)
+    assert failure.image_uri == uris[-1] and failure.stage == "decode" and failure.reason
+
+    app.send_task(CLASSIFY_CHUNK, kwargs=kwargs)  # a redelivery of the same chunk
+    wait_for(lambda: tasks_succeeded(celery_worker) == 2, 60, "second delivery", log_path=celery_worker)
+    assert chunk_deliveries(settings, job_id) == 2
+    assert job_state(settings, job_id) == (N_GOOD, 1)
+    with session_scope(settings) as session:
+        count = session.scalar(
+            select(func.count()).select_from(Prediction).where(Prediction.job_id == job_id)
+        )
+        assert count == N_GOOD
+    app.close()

@@ -1,0 +1,229 @@
+"""The worker's engine in-process: a tiny real Keras model, images on a local store, SQLite."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from cxr.core.db.migrate import upgrade
+from cxr.core.db.models import Chunk, ChunkStatus, Failure, Job, Prediction
+from cxr.core.db.session import dispose_engines, session_scope
+from cxr.core.settings import Settings
+from modelstore import open_model_store
+from tests import worker_support as support
+from worker.chunk import run_classify_chunk
+from worker.engine import to_probabilities
+from worker.model_cache import ModelCache, ModelSpec
+from worker.results import record_delivery
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    return support.build_model(tmp_path_factory.mktemp("model") / "tiny.keras")
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    settings = Settings(data_dir=tmp_path / "cxr-data", inference_batch_size=2, decode_threads=2)
+    upgrade(settings=settings)
+    yield settings
+    dispose_engines()
+
+
+@pytest.fixture
+def model(settings, model_file) -> dict:
+    manifest = open_model_store(settings).publish(
+        "tiny", model_file, architecture="tiny_cnn", classes=support.CLASSES,
+        input_contract=support.CONTRACT, output="softmax",
+    )  # fmt: skip
+    return {"name": manifest.name, "version": manifest.version, "sha256": manifest.sha256}
+
+
+def write_images(folder: Path, images: list[bytes]) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    uris = []
+    for index, data in enumerate(images):
+        path = folder / f"img{index}.png"
+        path.write_bytes(data)
+        uris.append(path.as_uri())
+    return uris
+
+
+def predictions(settings: Settings, job_id: str) -> dict[str, dict]:
+    with session_scope(settings) as session:
+        rows = session.scalars(select(Prediction).where(Prediction.job_id == job_id)).all()
+        return {row.image_sha256: row.probabilities for row in rows}
+
+
+def job_counters(settings: Settings, job_id: str) -> tuple[int, int, str]:
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        return job.scored, job.failed, job.status.value
+
+
+def test_batched_results_equal_single_image_predict(settings, model, model_file, tmp_path):
+    images = [support.synthetic_png(seed) for seed in range(5)]  # 5 = two full batches + one
+    uris = write_images(tmp_path / "images", images)
+    job_id = support.create_job(settings, model, total=len(uris))
+
+    report = run_classify_chunk(settings, job_id, model, uris, chunk_seq=0, cache=ModelCache(settings))
+
+    assert (report.status, report.scored, report.failed) == ("done", 5, 0)
+    expected = support.reference_probabilities(model_file, images, support.CONTRACT)
+    stored = predictions(settings, job_id)
+    for data, row in zip(images, expected, strict=True):
+        probs = stored[hashlib.sha256(data).hexdigest()]
+        np.testing.assert_allclose([probs[c] for c in support.CLASSES], row, atol=1e-5)
+    assert job_counters(settings, job_id) == (5, 0, "finished")
+
+
+def test_corrupt_and_missing_images_become_failures_while_the_rest_is_scored(settings, model, tmp_path):
+    uris = write_images(
+        tmp_path / "images", [support.synthetic_png(1), support.CORRUPT, support.synthetic_png(2)]
+    )
+    missing = (tmp_path / "images" / "gone.png").as_uri()
+    job_id = support.create_job(settings, model, total=4)
+
+    report = run_classify_chunk(settings, job_id, model, [*uris, missing], 0, cache=ModelCache(settings))
+
+    assert (report.scored, report.failed) == (2, 2)
+    with session_scope(settings) as session:
+        failures = {f.image_uri: f for f in session.scalars(select(Failure)).all()}
+    assert failures[uris[1]].stage == "decode"
+    assert failures[uris[1]].reason and failures[uris[1]].image_sha256
+    assert failures[missing].stage == "fetch"
+    assert len(predictions(settings, job_id)) == 2
+    assert job_counters(settings, job_id) == (2, 2, "finished")
+
+
+def test_same_chunk_twice_stores_one_prediction_per_image_and_counts_once(settings, model, tmp_path):
+    uris = write_images(tmp_path / "images", [support.synthetic_png(s) for s in range(3)] + [support.CORRUPT])
+    job_id = support.create_job(settings, model, total=4)
+    cache = ModelCache(settings)
+
+    first = run_classify_chunk(settings, job_id, model, uris, 0, cache=cache)
+    counters = job_counters(settings, job_id)
+    second = run_classify_chunk(settings, job_id, model, uris, 0, cache=cache)
+
+    assert first.status == "done" and second.status == "skipped"
+    assert job_counters(settings, job_id) == counters == (3, 1, "finished")
+    with session_scope(settings) as session:
+        assert session.scalar(select(func.count()).select_from(Prediction)) == 3
+        assert session.scalar(select(func.count()).select_from(Failure)) == 1
+        chunk = session.scalars(select(Chunk)).one()
+        assert (chunk.status, chunk.deliveries) == (ChunkStatus.DONE, 2)
+
+
+def test_a_chunk_that_killed_its_worker_too_often_is_given_up(settings, model, tmp_path):
+    uris = write_images(tmp_path / "images", [support.synthetic_png(s) for s in range(2)])
+    job_id = support.create_job(settings, model, total=2)
+    for _ in range(settings.max_deliveries):  # starts that never finished: the worker died
+        record_delivery(settings, job_id, 0, uris)
+
+    report = run_classify_chunk(settings, job_id, model, uris, 0, cache=ModelCache(settings))
+
+    assert report.status == "gave-up"
+    with session_scope(settings) as session:
+        reasons = {f.reason for f in session.scalars(select(Failure)).all()}
+    assert reasons == {f"worker died {settings.max_deliveries} times on this chunk"}
+    assert predictions(settings, job_id) == {}
+    assert job_counters(settings, job_id) == (0, 2, "finished")
+
+
+def test_retried_deliveries_do_not_count_as_deaths(settings, model, tmp_path):
+    uris = write_images(tmp_path / "images", [support.synthetic_png(0)])
+    job_id = support.create_job(settings, model, total=1)
+    for _ in range(settings.max_deliveries):
+        record_delivery(settings, job_id, 0, uris)
+
+    report = run_classify_chunk(
+        settings, job_id, model, uris, 0, attempt=settings.max_deliveries, cache=ModelCache(settings)
+    )
+    assert report.status == "done"
+
+
+def test_model_cache_loads_once_and_evicts_least_recently_used(settings, model, model_file):
+    store = open_model_store(settings)
+    second = store.publish(
+        "tiny", model_file, architecture="tiny_cnn", classes=support.CLASSES,
+        input_contract=support.CONTRACT, output="softmax",
+    )  # fmt: skip
+    cache = ModelCache(settings, capacity=1)
+    first_spec = ModelSpec.from_dict(model)
+    loaded = cache.get(first_spec)
+    assert cache.get(first_spec) is loaded
+    assert loaded.load_seconds > 0
+    cache.get(ModelSpec(second.name, second.version, second.sha256))
+    assert len(cache) == 1 and first_spec not in cache
+
+
+def test_sigmoid_output_becomes_two_class_probabilities():
+    from modelstore import Manifest
+
+    manifest = Manifest(
+        name="binary", version=1, architecture="x", classes=["non_covid", "covid"],
+        input=support.CONTRACT, output="sigmoid", sha256="0" * 64, size_bytes=1,
+    )  # fmt: skip
+    probs = to_probabilities(np.array([[0.9], [0.2]]), manifest)
+    np.testing.assert_allclose(probs, [[0.1, 0.9], [0.8, 0.2]])
+
+
+def test_without_a_broker_chunks_run_in_process(settings, model, tmp_path):
+    from worker.app import send_classify_chunk
+
+    uris = write_images(tmp_path / "images", [support.synthetic_png(s) for s in range(3)])
+    job_id = support.create_job(settings, model, total=3)
+    assert settings.in_process
+    send_classify_chunk(settings, job_id, model, uris, 0)
+    assert job_counters(settings, job_id) == (3, 0, "finished")
+
+
+def test_unreachable_storage_is_retried_then_recorded_as_fetch_failures(settings, model, monkeypatch):
+    from cxr.core.settings import reload_settings
+    from tests.services import free_port
+    from worker.tasks import classify_chunk
+
+    env = {
+        "CXR_DATA_DIR": str(settings.data_dir),
+        "CXR_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        "CXR_S3_ACCESS_KEY_ID": "x",
+        "CXR_S3_SECRET_ACCESS_KEY": "y",
+        "CXR_S3_MAX_ATTEMPTS": "1",
+        "CXR_TASK_MAX_RETRIES": "2",
+        "CXR_RETRY_BACKOFF_S": "0.01",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    task_settings = reload_settings()
+    uris = ["s3://archive/a.png", "s3://archive/b.png"]
+    job_id = support.create_job(task_settings, model, total=2)
+    try:
+        result = classify_chunk.apply(kwargs={"job_id": job_id, "model": model, "uris": uris, "chunk_seq": 0})
+    finally:
+        monkeypatch.undo()
+        reload_settings()
+
+    assert result.failed()
+    with session_scope(settings) as session:
+        failures = session.scalars(select(Failure)).all()
+        chunk = session.scalars(select(Chunk)).one()
+    assert {f.stage for f in failures} == {"fetch"} and len(failures) == 2
+    assert "gave up after 2 retries" in failures[0].reason
+    assert chunk.status == ChunkStatus.FAILED and chunk.deliveries == 3  # 1 start + 2 retries
+
+
+def test_a_pinned_model_that_fails_its_checksum_fails_the_chunk_images(settings, model, tmp_path):
+    uris = write_images(tmp_path / "images", [support.synthetic_png(0)])
+    job_id = support.create_job(settings, model, total=1)
+    tampered = {**model, "sha256": "f" * 64}
+
+    report = run_classify_chunk(settings, job_id, tampered, uris, 0, cache=ModelCache(settings))
+
+    assert report.status == "gave-up" and "unavailable" in report.reason
+    with session_scope(settings) as session:
+        assert session.scalars(select(Failure.stage)).all() == ["model"]
+    assert job_counters(settings, job_id) == (0, 1, "finished")

@@ -1,0 +1,135 @@
+"""Helpers shared by the worker's unit and integration tests: a tiny real Keras model, images
+(real chest X-rays from the shared dev set when present, else synthetic gray PNGs) and a job."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cxr.core.db.models import Job, JobStatus
+from cxr.core.db.session import session_scope
+from cxr.core.imaging import InputContract, decode_image, preprocess
+from cxr.core.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CXR_DEV = Path("/work/shared/data/cxr-dev")
+CLASSES = ["covid", "normal", "pneumonia"]
+CONTRACT = InputContract(height=32, width=32, channels=1, normalization="unit")
+CORRUPT = b"\x89PNG\r\n\x1a\n this is not the rest of a PNG file"
+
+
+def build_model(path: Path, contract: InputContract = CONTRACT, classes: int = 3, seed: int = 7) -> Path:
+    """A tiny CNN with deterministic random weights, saved as ``.keras``."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    output = (
+        keras.layers.Dense(classes, activation="softmax")
+        if classes > 1
+        else keras.layers.Dense(1, activation="sigmoid")
+    )
+    model = keras.Sequential(
+        [
+            keras.Input(shape=contract.shape),
+            keras.layers.Conv2D(4, 3, activation="relu", name="conv"),
+            keras.layers.MaxPooling2D(2),
+            keras.layers.Conv2D(8, 3, activation="relu", name="conv_last"),
+            keras.layers.GlobalAveragePooling2D(),
+            output,
+        ]
+    )
+    model.save(path)
+    return path
+
+
+def synthetic_png(seed: int, size: tuple[int, int] = (96, 80)) -> bytes:
+    """A gray PNG with a smooth gradient and noise (deterministic per seed)."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    ramp = np.linspace(0, 1, width)[None, :] * np.linspace(0.3, 1, height)[:, None]
+    pixels = np.clip(ramp * 200 + rng.normal(0, 20, size), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sample_images(count: int) -> list[bytes]:
+    """``count`` image files: real X-rays from the shared dev set if present, else synthetic."""
+    manifest = CXR_DEV / "manifest.csv"
+    if manifest.exists():
+        with manifest.open() as stream:
+            paths = [CXR_DEV / row["path"] for row in csv.DictReader(stream)]
+        found = [path.read_bytes() for path in paths[:: max(1, len(paths) // count)] if path.exists()]
+        if len(found) >= count:
+            return found[:count]
+    return [synthetic_png(seed) for seed in range(count)]
+
+
+def reference_probabilities(model_path: Path, images: list[bytes], contract: InputContract) -> np.ndarray:
+    """An independent forward pass: one ``model.predict`` per image, no batching."""
+    from modelstore.loading import load_keras_model
+
+    model = load_keras_model(model_path)
+    rows = []
+    for data in images:
+        pixels = decode_image(data, max_bytes=1 << 26, max_pixels=60_000_000).pixels
+        tensor = preprocess(pixels, contract)[None]
+        rows.append(np.asarray(model.predict(tensor, verbose=0))[0])
+    return np.array(rows)
+
+
+def create_job(settings: Settings, model: dict, total: int) -> str:
+    """A running job row pinned to ``model`` (what the scheduler would have written)."""
+    with session_scope(settings) as session:
+        job = Job(
+            source="test",
+            model_name=model["name"],
+            model_version=model["version"],
+            model_sha256=model["sha256"],
+            total=total,
+            enqueued=total,
+            status=JobStatus.RUNNING,
+        )
+        session.add(job)
+        session.flush()
+        return job.id
+
+
+def worker_env(settings: Settings, data_dir: Path) -> dict[str, str]:
+    """The environment that points a worker process at the same services as ``settings``."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CXR_DATA_DIR": str(data_dir)}
+    for name in (
+        "database_url", "storage_url", "s3_endpoint_url", "s3_access_key_id", "s3_secret_access_key",
+        "s3_max_attempts", "broker_url", "broker_key_prefix", "metrics_port", "inference_batch_size",
+        "decode_threads", "task_time_limit_s",
+    ):  # fmt: skip
+        value = getattr(settings, name)
+        if value is not None:
+            value = value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            env[f"CXR_{name.upper()}"] = str(value)
+    return env
+
+
+def start_worker(settings: Settings, data_dir: Path, log_path: Path) -> subprocess.Popen:
+    """``celery -A worker worker -Q gpu -P solo`` as a subprocess logging to ``log_path``."""
+    command = [
+        sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "gpu", "-P", "solo",
+        "-l", "INFO", "-n", f"test-{secrets.token_hex(3)}@%h",
+        "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command, cwd=REPO_ROOT, env=worker_env(settings, data_dir), stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+def worker_ready(log_path: Path) -> bool:
+    return b" ready." in log_path.read_bytes()

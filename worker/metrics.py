@@ -1,0 +1,95 @@
+"""Every Prometheus series the worker exports, in one place, and the per-process endpoint.
+
+Labels stay low-cardinality: model name, version, predicted label, outcome, stage. Never an
+image, a job id or a URI. Under the prefork pool each child serves its own port (base + pool
+index), so no two processes bind the same port and no multiprocess directory is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+IMAGES_SCORED = Counter(
+    "cxr_images_scored",
+    "Images handled by the worker; outcome=scored (label = predicted class) or failed "
+    "(label = the stage that failed).",
+    ["model", "version", "label", "outcome"],
+)
+
+# A chunk is tens to a few hundred images: well under a second on a GPU, minutes on a busy CPU,
+# up to the task's hard limit (30 min by default) when something is wrong.
+CHUNK_DURATION = Histogram(
+    "cxr_chunk_duration_seconds",
+    "Wall time of one classify_chunk task, from start to committed results.",
+    buckets=(0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800),
+)
+
+# fetch and decode are observed per image (milliseconds from a local disk, up to seconds from a
+# slow S3 or for a 4k×4k DICOM); infer per batch (milliseconds on a GPU, tens of seconds for a
+# large CNN on CPU); write per chunk (one transaction). One bucket set spans 1 ms to 1 min.
+STAGE_DURATION = Histogram(
+    "cxr_stage_duration_seconds",
+    "Time spent per stage: fetch and decode per image, infer per batch, write per chunk.",
+    ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+# Batch sizes are configured as powers of two; the last batch of a chunk is smaller, and a
+# run of small batches means decoding cannot keep the model busy.
+BATCH_SIZE = Histogram(
+    "cxr_batch_size",
+    "Images per forward pass.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+)
+
+# Loading is a download (once per sha256), deserialisation and one warm-up pass: about a second
+# for a small CNN, tens of seconds for VGG19 pulled over a slow link.
+MODEL_LOAD_SECONDS = Histogram(
+    "cxr_model_load_seconds",
+    "Time to pull, load and warm up a model version in a worker process.",
+    ["model"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+
+MODEL_CACHE_HITS = Counter("cxr_model_cache_hits", "Chunks served by a model already in memory.")
+MODEL_CACHE_MISSES = Counter("cxr_model_cache_misses", "Chunks that had to load their model first.")
+MODEL_INFO = Gauge(
+    "cxr_model_info",
+    "1 for each model version loaded in this worker process.",
+    ["model", "version", "sha256"],
+)
+
+STAGES = ("fetch", "decode", "infer", "write")
+for _stage in STAGES:
+    STAGE_DURATION.labels(stage=_stage)  # pre-created so dashboards see zeros, not gaps
+
+
+def model_loaded(name: str, version: int, sha256: str, classes: Iterable[str], seconds: float) -> None:
+    """Record a load; pre-create the model's scored counters at zero, one per class."""
+    MODEL_LOAD_SECONDS.labels(model=name).observe(seconds)
+    MODEL_INFO.labels(model=name, version=str(version), sha256=sha256).set(1)
+    for label in classes:
+        IMAGES_SCORED.labels(model=name, version=str(version), label=label, outcome="scored")
+
+
+def model_evicted(name: str, version: int, sha256: str) -> None:
+    MODEL_INFO.remove(name, str(version), sha256)
+
+
+def start_metrics_server(base_port: int, process_index: int | None) -> int | None:
+    """Serve /metrics on ``base_port + process_index``; 0 disables. Returns the port or None."""
+    if base_port <= 0:
+        return None
+    port = base_port + (process_index or 0)
+    try:
+        start_http_server(port)
+    except OSError as exc:  # a port in use must not kill the worker: it can still score
+        log.error("cannot serve metrics on port %d: %s", port, exc)
+        return None
+    log.info("serving Prometheus metrics on port %d", port)
+    return port

@@ -1,0 +1,189 @@
+"""SQL side of a chunk: counting deliveries, writing results once, giving up on poison chunks.
+
+Idempotency under ``acks_late``: the chunk row is the unit. Its results (images, predictions,
+failures, job counters) are written in one transaction that first locks the chunk row and
+returns without writing if the chunk is already done, and the rows themselves are inserted with
+``ON CONFLICT DO NOTHING``. A chunk delivered twice therefore counts once and stores one
+prediction per image, even if both deliveries run at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from cxr.core.db.models import Chunk, ChunkStatus, Failure, Image, Job, JobStatus, Prediction, utcnow
+from cxr.core.db.session import insert_ignoring_conflicts, session_scope
+from cxr.core.settings import Settings
+from worker.engine import ChunkOutcome, ImageFailure
+from worker.model_cache import ModelSpec
+
+log = logging.getLogger(__name__)
+
+PREDICTION_KIND = "classification"
+_FINAL = (ChunkStatus.DONE, ChunkStatus.FAILED)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the worker learnt when it started a chunk."""
+
+    deliveries: int  # starts of this chunk so far, this one included
+    runnable: bool  # False: the job is gone or cancelled, or the chunk is already finished
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class WriteSummary:
+    scored: int
+    failed: int
+    already_done: bool = False
+
+
+def record_delivery(settings: Settings, job_id: str, chunk_seq: int, uris: Sequence[str]) -> Delivery:
+    """Create the chunk row if the scheduler did not, and count this start in its own transaction.
+
+    Committed before any work, so that a worker killed by the chunk (out of memory, a segfault
+    in a decoder) still leaves the count behind for the next delivery to see.
+    """
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            return Delivery(0, False, f"job {job_id} does not exist")
+        if job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
+            return Delivery(0, False, f"job {job_id} is {job.status.value}")
+        insert_ignoring_conflicts(
+            session,
+            Chunk,
+            [{"job_id": job_id, "seq": chunk_seq, "uris": list(uris), "status": ChunkStatus.QUEUED}],
+        )
+        deliveries, status = session.execute(
+            update(Chunk)
+            .where(Chunk.job_id == job_id, Chunk.seq == chunk_seq)
+            .values(deliveries=Chunk.deliveries + 1, started_at=utcnow())
+            .returning(Chunk.deliveries, Chunk.status)
+        ).one()
+        if status in _FINAL:
+            return Delivery(deliveries, False, f"chunk {job_id}/{chunk_seq} is already {status.value}")
+        session.execute(
+            update(Chunk)
+            .where(Chunk.job_id == job_id, Chunk.seq == chunk_seq)
+            .values(status=ChunkStatus.RUNNING)
+        )
+        return Delivery(deliveries, True)
+
+
+def _lock_chunk(session: Session, job_id: str, chunk_seq: int) -> Chunk | None:
+    """The chunk row, locked for this transaction (PostgreSQL; SQLite locks on the first write)."""
+    statement = select(Chunk).where(Chunk.job_id == job_id, Chunk.seq == chunk_seq).with_for_update()
+    return session.execute(statement).scalar_one_or_none()
+
+
+def _failure_rows(job_id: str, failures: Iterable[ImageFailure]) -> list[dict[str, object]]:
+    rows: dict[str, dict[str, object]] = {}
+    for failure in failures:
+        rows.setdefault(
+            failure.uri,
+            {
+                "job_id": job_id,
+                "image_uri": failure.uri,
+                "image_sha256": failure.sha256,
+                "stage": failure.stage,
+                "reason": failure.reason,
+            },
+        )
+    return list(rows.values())
+
+
+def _count(session: Session, job_id: str, scored: int, failed: int) -> None:
+    """Add to the job's counters in SQL (no read-modify-write) and finish a running job whose
+    every image is accounted for."""
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id)
+        .values(scored=Job.scored + scored, failed=Job.failed + failed, updated_at=utcnow())
+    )
+    session.execute(
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status == JobStatus.RUNNING,
+            Job.scored + Job.skipped + Job.failed >= Job.total,
+        )
+        .values(status=JobStatus.FINISHED, finished_at=utcnow())
+    )
+
+
+def write_chunk(
+    settings: Settings,
+    job_id: str,
+    chunk_seq: int,
+    spec: ModelSpec,
+    classes: Sequence[str],
+    outcome: ChunkOutcome,
+) -> WriteSummary:
+    """Images, predictions, failures and counters of one chunk, in one transaction, once."""
+    with session_scope(settings) as session:
+        chunk = _lock_chunk(session, job_id, chunk_seq)
+        if chunk is not None and chunk.status in _FINAL:
+            return WriteSummary(0, 0, already_done=True)
+        images: dict[str, dict[str, object]] = {}
+        predictions: dict[str, dict[str, object]] = {}
+        for result in outcome.scored:
+            image, probs = result.image, result.probabilities
+            images.setdefault(
+                image.sha256,
+                {
+                    "sha256": image.sha256,
+                    "source_uri": image.uri,
+                    "bytes": image.size,
+                    "format": image.format,
+                    "width": image.width,
+                    "height": image.height,
+                    "patient_id_hash": image.patient_id_hash,
+                },
+            )
+            best = int(probs.argmax())
+            predictions.setdefault(
+                image.sha256,
+                {
+                    "image_sha256": image.sha256,
+                    "model_name": spec.name,
+                    "model_version": spec.version,
+                    "kind": PREDICTION_KIND,
+                    "label": classes[best],
+                    "confidence": float(probs[best]),
+                    "probabilities": {name: float(p) for name, p in zip(classes, probs, strict=True)},
+                    "job_id": job_id,
+                },
+            )
+        insert_ignoring_conflicts(session, Image, list(images.values()))
+        insert_ignoring_conflicts(session, Prediction, list(predictions.values()))
+        failed = insert_ignoring_conflicts(session, Failure, _failure_rows(job_id, outcome.failures))
+        _count(session, job_id, scored=len(outcome.scored), failed=failed)
+        if chunk is not None:
+            chunk.status = ChunkStatus.DONE
+            chunk.finished_at = utcnow()
+        return WriteSummary(len(outcome.scored), failed)
+
+
+def give_up_chunk(
+    settings: Settings, job_id: str, chunk_seq: int, uris: Sequence[str], stage: str, reason: str
+) -> WriteSummary:
+    """Record every image of an unfinished chunk as failed and close the chunk."""
+    outcome = ChunkOutcome(failures=[ImageFailure(uri, stage, reason) for uri in uris])
+    with session_scope(settings) as session:
+        chunk = _lock_chunk(session, job_id, chunk_seq)
+        if chunk is not None and chunk.status in _FINAL:
+            return WriteSummary(0, 0, already_done=True)
+        failed = insert_ignoring_conflicts(session, Failure, _failure_rows(job_id, outcome.failures))
+        _count(session, job_id, scored=0, failed=failed)
+        if chunk is not None:
+            chunk.status = ChunkStatus.FAILED
+            chunk.finished_at = utcnow()
+    log.warning("gave up chunk %s/%d (%d images): %s", job_id, chunk_seq, len(uris), reason)
+    return WriteSummary(0, failed)

@@ -1,0 +1,65 @@
+"""Celery tasks. Thin: they unpack JSON arguments, call the plain functions, and retry transient
+errors with exponential backoff and jitter. Every heavy import happens on first use."""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+import worker.lifecycle  # noqa: F401  (connects the worker-process signal handlers)
+from cxr.core.errors import StorageUnavailable, TransientError
+from cxr.core.settings import Settings, get_settings
+from worker.app import CLASSIFY_CHUNK, app
+from worker.chunk import run_classify_chunk
+from worker.results import give_up_chunk
+
+log = logging.getLogger(__name__)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Storage or database unreachable: worth retrying later."""
+    if isinstance(exc, TransientError | OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+def retry_delay(retries: int, settings: Settings) -> float:
+    """Exponential backoff with "equal jitter": half fixed, half random, capped."""
+    delay = min(settings.retry_backoff_max_s, settings.retry_backoff_s * 2**retries)
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+@app.task(name=CLASSIFY_CHUNK, bind=True, max_retries=None)
+def classify_chunk(self: Task, job_id: str, model: dict[str, Any], uris: list[str], chunk_seq: int) -> dict:
+    """Score one chunk of image URIs with the pinned model and record the results in SQL."""
+    settings = get_settings()
+    retries = int(self.request.retries or 0)
+    try:
+        report = run_classify_chunk(settings, job_id, model, uris, chunk_seq, attempt=retries)
+    except SoftTimeLimitExceeded:
+        limit = settings.task_time_limit_s
+        give_up_chunk(
+            settings, job_id, chunk_seq, uris, "timeout", f"chunk exceeded 90% of its {limit} s limit"
+        )
+        raise
+    except Exception as exc:
+        if not is_transient(exc):
+            # A bug or an unexpected library error: account for the images, so the job can
+            # still finish, and let Celery record the task as failed with the traceback.
+            reason = f"unexpected error: {type(exc).__name__}: {str(exc)[:300]}"
+            give_up_chunk(settings, job_id, chunk_seq, uris, "worker", reason)
+            raise
+        if retries >= settings.task_max_retries:
+            stage = "fetch" if isinstance(exc, StorageUnavailable) else "write"
+            reason = f"gave up after {retries} retries: {type(exc).__name__}: {exc}"
+            give_up_chunk(settings, job_id, chunk_seq, uris, stage, reason)
+            raise
+        delay = retry_delay(retries, settings)
+        log.warning("chunk %s/%d: %s; retry %d in %.1f s", job_id, chunk_seq, exc, retries + 1, delay)
+        raise self.retry(exc=exc, countdown=delay) from exc
+    return report.as_dict()
