@@ -7,6 +7,7 @@ permanent ones end up as failure rows.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -19,7 +20,7 @@ from worker import metrics
 from worker.engine import classify_uris
 from worker.fetch import ObjectFetcher, process_fetcher
 from worker.model_cache import ModelCache, ModelSpec, process_cache
-from worker.results import Delivery, give_up_chunk, record_delivery, write_chunk
+from worker.results import Delivery, give_up_chunk, record_delivery, scored_hashes, write_chunk
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,13 @@ def run_classify_chunk(
         _count_failures(spec, summary.failed, "model")
         return ChunkReport(job_id, chunk_seq, "gave-up", failed=summary.failed, reason=reason)
 
-    outcome = classify_uris(uris, loaded, settings, fetcher or process_fetcher(settings))
+    outcome = classify_uris(
+        uris,
+        loaded,
+        settings,
+        fetcher or process_fetcher(settings),
+        already_scored=functools.partial(scored_hashes, settings, spec),
+    )
     write_started = time.perf_counter()
     summary = write_chunk(settings, job_id, chunk_seq, spec, loaded.manifest.classes, outcome)
     metrics.STAGE_DURATION.labels(stage="write").observe(time.perf_counter() - write_started)
@@ -89,9 +96,12 @@ def run_classify_chunk(
         metrics.IMAGES_SCORED.labels(spec.name, str(spec.version), label, "scored").inc()
     for failure in outcome.failures:
         metrics.IMAGES_SCORED.labels(spec.name, str(spec.version), failure.stage, "failed").inc()
+    if outcome.skipped:
+        metrics.IMAGES_SCORED.labels(spec.name, str(spec.version), "", "skipped").inc(len(outcome.skipped))
     log.info(
-        "chunk %s/%d: %d scored, %d failed in %.2f s with %s@%d",
-        job_id, chunk_seq, summary.scored, len(outcome.failures), seconds, spec.name, spec.version,
+        "chunk %s/%d: %d scored, %d skipped, %d failed in %.2f s with %s@%d",
+        job_id, chunk_seq, summary.scored, summary.skipped, len(outcome.failures), seconds, spec.name,
+        spec.version,
     )  # fmt: skip
     return ChunkReport(job_id, chunk_seq, "done", summary.scored, summary.failed, seconds)
 

@@ -13,10 +13,11 @@ so the task retries the whole chunk; results are idempotent, so that costs only 
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ import numpy as np
 
 from cxr.core.errors import PermanentError
 from cxr.core.imaging import decode_image, preprocess
+from cxr.core.imaging.dicom import ImageSkipped
+from cxr.core.privacy import hash_identifier
 from cxr.core.settings import Settings
 from modelstore import Manifest
 from worker import metrics
@@ -65,10 +68,17 @@ class ScoredImage:
 class ChunkOutcome:
     scored: list[ScoredImage] = field(default_factory=list)
     failures: list[ImageFailure] = field(default_factory=list)
+    #: Images this model version had already scored (in an earlier job, or earlier in this
+    #: chunk under another name): not run through the model again.
+    skipped: list[PreparedImage] = field(default_factory=list)
 
     @property
     def handled(self) -> int:
-        return len(self.scored) + len(self.failures)
+        return len(self.scored) + len(self.failures) + len(self.skipped)
+
+
+#: Given sha256s, returns those this model version has already scored.
+AlreadyScored = Callable[[Sequence[str]], set[str]]
 
 
 log = logging.getLogger(__name__)
@@ -107,7 +117,14 @@ def prepare_image(uri: str, fetcher: ObjectFetcher, manifest: Manifest, settings
     sha256 = hashlib.sha256(data).hexdigest()
     started = time.perf_counter()
     try:
-        decoded = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        decoded = decode_image(
+            data,
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            hasher=functools.partial(hash_identifier, settings=settings),
+        )
+    except ImageSkipped as exc:  # readable, but outside what we score (e.g. a lateral view)
+        raise _StageError(ImageFailure(uri, "policy", str(exc), sha256)) from exc
     except PermanentError as exc:
         raise _StageError(ImageFailure(uri, "decode", str(exc), sha256)) from exc
     try:
@@ -158,22 +175,43 @@ def _prepared_in_order(
 
 
 def classify_uris(
-    uris: Sequence[str], loaded: LoadedModel, settings: Settings, fetcher: ObjectFetcher
+    uris: Sequence[str],
+    loaded: LoadedModel,
+    settings: Settings,
+    fetcher: ObjectFetcher,
+    already_scored: AlreadyScored | None = None,
 ) -> ChunkOutcome:
-    """Score ``uris`` with ``loaded`` in batches of ``inference_batch_size``, decoding ahead."""
+    """Score ``uris`` with ``loaded`` in batches of ``inference_batch_size``, decoding ahead.
+
+    Images whose bytes this model version has already scored (``already_scored``, or an
+    earlier URI of this chunk with the same sha256) are skipped, not run again: a re-run of an
+    archive after a crash costs reading it, not scoring it.
+    """
     batch_size = settings.inference_batch_size
     outcome = ChunkOutcome()
     batch: list[PreparedImage] = []
+    seen: set[str] = set()
+
+    def flush() -> None:
+        known = already_scored([image.sha256 for image in batch]) if already_scored else set()
+        fresh = [image for image in batch if image.sha256 not in known]
+        outcome.skipped.extend(image for image in batch if image.sha256 in known)
+        if fresh:
+            _infer(fresh, loaded, outcome)
+        batch.clear()
+
     for item in _prepared_in_order(uris, fetcher, loaded.manifest, settings, window=2 * batch_size):
         if isinstance(item, ImageFailure):
             outcome.failures.append(item)
-            continue
-        batch.append(item)
-        if len(batch) == batch_size:
-            _infer(batch, loaded, outcome)
-            batch = []
+        elif item.sha256 in seen:
+            outcome.skipped.append(item)
+        else:
+            seen.add(item.sha256)
+            batch.append(item)
+            if len(batch) == batch_size:
+                flush()
     if batch:
-        _infer(batch, loaded, outcome)
+        flush()
     return outcome
 
 

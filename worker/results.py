@@ -16,7 +16,17 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from cxr.core.db.models import Chunk, ChunkStatus, Failure, Image, Job, JobStatus, Prediction, utcnow
+from cxr.core.db.models import (
+    Chunk,
+    ChunkStatus,
+    Failure,
+    Image,
+    Job,
+    JobImage,
+    JobStatus,
+    Prediction,
+    utcnow,
+)
 from cxr.core.db.session import insert_ignoring_conflicts, session_scope
 from cxr.core.settings import Settings
 from worker.engine import ChunkOutcome, ImageFailure
@@ -42,6 +52,37 @@ class WriteSummary:
     scored: int
     failed: int
     already_done: bool = False
+    skipped: int = 0
+
+
+def scored_hashes(settings: Settings, spec: ModelSpec, sha256s: Sequence[str]) -> set[str]:
+    """Those of ``sha256s`` that ``spec``'s exact version has already scored."""
+    if not sha256s:
+        return set()
+    with session_scope(settings) as session:
+        rows = session.execute(
+            select(Prediction.image_sha256).where(
+                Prediction.model_name == spec.name,
+                Prediction.model_version == spec.version,
+                Prediction.kind == PREDICTION_KIND,
+                Prediction.image_sha256.in_(list(set(sha256s))),
+            )
+        )
+        return {row[0] for row in rows}
+
+
+def _job_image_rows(job_id: str, chunk_seq: int, outcome: ChunkOutcome) -> list[dict[str, object]]:
+    rows: dict[str, dict[str, object]] = {}
+    for kind, uri, sha256 in [
+        *(("scored", r.image.uri, r.image.sha256) for r in outcome.scored),
+        *(("skipped", i.uri, i.sha256) for i in outcome.skipped),
+        *(("failed", f.uri, f.sha256) for f in outcome.failures),
+    ]:
+        rows.setdefault(
+            uri,
+            {"job_id": job_id, "uri": uri, "image_sha256": sha256, "outcome": kind, "chunk_seq": chunk_seq},
+        )
+    return list(rows.values())
 
 
 def record_delivery(settings: Settings, job_id: str, chunk_seq: int, uris: Sequence[str]) -> Delivery:
@@ -99,13 +140,18 @@ def _failure_rows(job_id: str, failures: Iterable[ImageFailure]) -> list[dict[st
     return list(rows.values())
 
 
-def _count(session: Session, job_id: str, scored: int, failed: int) -> None:
+def _count(session: Session, job_id: str, scored: int, failed: int, skipped: int = 0) -> None:
     """Add to the job's counters in SQL (no read-modify-write) and finish a running job whose
     every image is accounted for."""
     session.execute(
         update(Job)
         .where(Job.id == job_id)
-        .values(scored=Job.scored + scored, failed=Job.failed + failed, updated_at=utcnow())
+        .values(
+            scored=Job.scored + scored,
+            failed=Job.failed + failed,
+            skipped=Job.skipped + skipped,
+            updated_at=utcnow(),
+        )
     )
     session.execute(
         update(Job)
@@ -164,11 +210,12 @@ def write_chunk(
         insert_ignoring_conflicts(session, Image, list(images.values()))
         insert_ignoring_conflicts(session, Prediction, list(predictions.values()))
         failed = insert_ignoring_conflicts(session, Failure, _failure_rows(job_id, outcome.failures))
-        _count(session, job_id, scored=len(outcome.scored), failed=failed)
+        insert_ignoring_conflicts(session, JobImage, _job_image_rows(job_id, chunk_seq, outcome))
+        _count(session, job_id, scored=len(outcome.scored), failed=failed, skipped=len(outcome.skipped))
         if chunk is not None:
             chunk.status = ChunkStatus.DONE
             chunk.finished_at = utcnow()
-        return WriteSummary(len(outcome.scored), failed)
+        return WriteSummary(len(outcome.scored), failed, skipped=len(outcome.skipped))
 
 
 def give_up_chunk(
@@ -181,6 +228,7 @@ def give_up_chunk(
         if chunk is not None and chunk.status in _FINAL:
             return WriteSummary(0, 0, already_done=True)
         failed = insert_ignoring_conflicts(session, Failure, _failure_rows(job_id, outcome.failures))
+        insert_ignoring_conflicts(session, JobImage, _job_image_rows(job_id, chunk_seq, outcome))
         _count(session, job_id, scored=0, failed=failed)
         if chunk is not None:
             chunk.status = ChunkStatus.FAILED

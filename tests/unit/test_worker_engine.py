@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from cxr.core.db.migrate import upgrade
-from cxr.core.db.models import Chunk, ChunkStatus, Failure, Job, Prediction
+from cxr.core.db.models import Chunk, ChunkStatus, Failure, Job, JobImage, Prediction
 from cxr.core.db.session import dispose_engines, session_scope
 from cxr.core.settings import Settings
 from modelstore import open_model_store
@@ -227,3 +227,26 @@ def test_a_pinned_model_that_fails_its_checksum_fails_the_chunk_images(settings,
     with session_scope(settings) as session:
         assert session.scalars(select(Failure.stage)).all() == ["model"]
     assert job_counters(settings, job_id) == (0, 1, "finished")
+
+
+def test_images_this_version_already_scored_are_skipped_not_rescored(settings, model, tmp_path):
+    same = support.synthetic_png(7)
+    uris = write_images(tmp_path / "a", [same, support.synthetic_png(8), same])  # a duplicate inside
+    first_job = support.create_job(settings, model, total=3)
+    report = run_classify_chunk(settings, first_job, model, uris, 0, cache=ModelCache(settings))
+    assert (report.scored, report.failed) == (2, 0)
+    with session_scope(settings) as session:
+        job = session.get(Job, first_job)
+        assert (job.scored, job.skipped, job.status.value) == (2, 1, "finished")
+
+    again = write_images(tmp_path / "b", [same, support.synthetic_png(9)])  # same bytes, new name
+    second_job = support.create_job(settings, model, total=2)
+    run_classify_chunk(settings, second_job, model, again, 0, cache=ModelCache(settings))
+    with session_scope(settings) as session:
+        job = session.get(Job, second_job)
+        assert (job.scored, job.skipped, job.status.value) == (1, 1, "finished")
+        outcomes = dict(
+            session.execute(select(JobImage.uri, JobImage.outcome).where(JobImage.job_id == second_job)).all()
+        )
+        assert outcomes == {again[0]: "skipped", again[1]: "scored"}
+        assert session.scalar(select(func.count()).select_from(Prediction)) == 3  # 3 distinct images

@@ -170,6 +170,25 @@ class Chunk(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class JobImage(Base):
+    """Which image (URI) belongs to which job and what became of it there.
+
+    Predictions are shared across jobs (unique per image and model version); this row is what
+    lets a job's report list every image it covered, including the ones skipped because an
+    earlier job had already scored the same bytes with the same model version.
+    """
+
+    __tablename__ = "job_images"
+    __table_args__ = (UniqueConstraint("job_id", "uri"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    uri: Mapped[str] = mapped_column(Text)
+    image_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # scored | skipped | failed
+    chunk_seq: Mapped[int | None] = mapped_column(Integer)
+
+
 class Image(Base):
     """One distinct image, by content. The same bytes under two names are one row."""
 

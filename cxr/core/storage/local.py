@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from cxr.core.errors import InvalidObjectKey, ObjectNotFound
+from cxr.core.errors import InvalidObjectKey, ObjectNotFound, PermanentError
 from cxr.core.storage.base import ObjectInfo, ObjectStore
 
 _TMP_PREFIX = ".cxr-tmp-"
@@ -28,7 +28,10 @@ class LocalStore(ObjectStore):
     def path_of(self, key: str) -> Path:
         """The file behind a key, refusing any path that resolves outside the root (symlinks)."""
         path = self.root / key
-        real = path.resolve()
+        try:
+            real = path.resolve()
+        except (RuntimeError, OSError) as exc:  # Python < 3.13 raises RuntimeError on a loop
+            raise PermanentError(f"object key {key!r} is a symlink loop") from exc
         if real != self._real_root and self._real_root not in real.parents:
             raise InvalidObjectKey(f"object key {key!r} resolves outside the store root")
         return path
@@ -75,6 +78,10 @@ class LocalStore(ObjectStore):
             return self.path_of(key).open("rb")
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ObjectNotFound(f"no object {key!r} in {self.root_uri}") from exc
+        except PermissionError as exc:
+            raise PermanentError(f"cannot read {key!r} in {self.root_uri}: permission denied") from exc
+        except OSError as exc:  # a symlink loop (ELOOP), a name too long, ...
+            raise PermanentError(f"cannot open {key!r} in {self.root_uri}: {exc.strerror or exc}") from exc
 
     def _exists(self, key: str) -> bool:
         return self.path_of(key).is_file()
