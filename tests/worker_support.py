@@ -20,7 +20,8 @@ from cxr.core.imaging import InputContract, decode_image, preprocess
 from cxr.core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CXR_DEV = Path("/work/shared/data/cxr-dev")
+CXR_DEV = REPO_ROOT.parent / "shared" / "data" / "cxr-dev"  # the dev set, where CI puts it
+SAMPLE = REPO_ROOT / "samples" / "cxr-sample"  # shipped with the repository
 CLASSES = ["covid", "normal", "pneumonia"]
 CONTRACT = InputContract(height=32, width=32, channels=1, normalization="unit")
 CORRUPT = b"\x89PNG\r\n\x1a\n this is not the rest of a PNG file"
@@ -62,11 +63,13 @@ def synthetic_png(seed: int, size: tuple[int, int] = (96, 80)) -> bytes:
 
 
 def sample_images(count: int) -> list[bytes]:
-    """``count`` image files: real X-rays from the shared dev set if present, else synthetic."""
-    manifest = CXR_DEV / "manifest.csv"
-    if manifest.exists():
+    """``count`` real X-ray files (the shared dev set, else the shipped sample), else synthetic."""
+    for root in (CXR_DEV, SAMPLE):
+        manifest = root / "manifest.csv"
+        if not manifest.exists():
+            continue
         with manifest.open() as stream:
-            paths = [CXR_DEV / row["path"] for row in csv.DictReader(stream)]
+            paths = [root / row["path"] for row in csv.DictReader(stream)]
         found = [path.read_bytes() for path in paths[:: max(1, len(paths) // count)] if path.exists()]
         if len(found) >= count:
             return found[:count]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from cxr.core.db.jobs import add_to_counters
 from cxr.core.db.models import (
     Chunk,
     ChunkStatus,
@@ -140,30 +141,6 @@ def _failure_rows(job_id: str, failures: Iterable[ImageFailure]) -> list[dict[st
     return list(rows.values())
 
 
-def _count(session: Session, job_id: str, scored: int, failed: int, skipped: int = 0) -> None:
-    """Add to the job's counters in SQL (no read-modify-write) and finish a running job whose
-    every image is accounted for."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id)
-        .values(
-            scored=Job.scored + scored,
-            failed=Job.failed + failed,
-            skipped=Job.skipped + skipped,
-            updated_at=utcnow(),
-        )
-    )
-    session.execute(
-        update(Job)
-        .where(
-            Job.id == job_id,
-            Job.status == JobStatus.RUNNING,
-            Job.scored + Job.skipped + Job.failed >= Job.total,
-        )
-        .values(status=JobStatus.FINISHED, finished_at=utcnow())
-    )
-
-
 def write_chunk(
     settings: Settings,
     job_id: str,
@@ -211,7 +188,9 @@ def write_chunk(
         insert_ignoring_conflicts(session, Prediction, list(predictions.values()))
         failed = insert_ignoring_conflicts(session, Failure, _failure_rows(job_id, outcome.failures))
         insert_ignoring_conflicts(session, JobImage, _job_image_rows(job_id, chunk_seq, outcome))
-        _count(session, job_id, scored=len(outcome.scored), failed=failed, skipped=len(outcome.skipped))
+        add_to_counters(
+            session, job_id, scored=len(outcome.scored), failed=failed, skipped=len(outcome.skipped)
+        )
         if chunk is not None:
             chunk.status = ChunkStatus.DONE
             chunk.finished_at = utcnow()
@@ -229,7 +208,7 @@ def give_up_chunk(
             return WriteSummary(0, 0, already_done=True)
         failed = insert_ignoring_conflicts(session, Failure, _failure_rows(job_id, outcome.failures))
         insert_ignoring_conflicts(session, JobImage, _job_image_rows(job_id, chunk_seq, outcome))
-        _count(session, job_id, scored=0, failed=failed)
+        add_to_counters(session, job_id, failed=failed)
         if chunk is not None:
             chunk.status = ChunkStatus.FAILED
             chunk.finished_at = utcnow()

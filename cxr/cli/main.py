@@ -11,7 +11,9 @@ import click
 from cxr import __version__
 from cxr.cli.config_cmd import config
 from cxr.cli.db_cmd import db
+from cxr.cli.jobs_cmd import jobs
 from cxr.cli.models_cmd import models
+from cxr.cli.score_cmd import score
 
 
 @click.group()
@@ -33,3 +35,5 @@ def cli(verbose: bool) -> None:
 cli.add_command(config)
 cli.add_command(db)
 cli.add_command(models)
+cli.add_command(score)
+cli.add_command(jobs)

@@ -1,0 +1,78 @@
+"""``cxr jobs``: list, inspect and cancel scoring jobs."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from cxr.cli.common import emit_json, handle_errors, json_option, ready_settings
+
+
+@click.group()
+def jobs() -> None:
+    """List, show and cancel scoring jobs."""
+
+
+@jobs.command("list")
+@click.option("--limit", type=int, default=20, show_default=True)
+@json_option
+@handle_errors
+def list_jobs(limit: int, as_json: bool) -> None:
+    """The most recent jobs."""
+    from sqlalchemy import select
+
+    from cxr.core.db.models import Job
+    from cxr.core.db.session import session_scope
+
+    with session_scope(ready_settings()) as session:
+        rows = [
+            {
+                "job_id": j.id, "status": j.status.value, "model": f"{j.model_name}@{j.model_version}",
+                "source": j.source, "total": j.total, "scored": j.scored, "skipped": j.skipped,
+                "failed": j.failed, "created_at": j.created_at.isoformat(),
+            }
+            for j in session.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit))
+        ]  # fmt: skip
+    if as_json:
+        emit_json({"jobs": rows})
+        return
+    table = Table("job", "status", "model", "total", "scored", "skipped", "failed", "created", "source")
+    for r in rows:
+        table.add_row(
+            r["job_id"], r["status"], r["model"],
+            *(str(r[k]) for k in ("total", "scored", "skipped", "failed")),
+            r["created_at"][:19], r["source"],
+        )  # fmt: skip
+    Console().print(table if rows else "no jobs yet: cxr score SOURCE --model NAME@ALIAS")
+
+
+@jobs.command()
+@click.argument("job_id")
+@json_option
+@handle_errors
+def show(job_id: str, as_json: bool) -> None:
+    """A job's counters, labels and failures."""
+    from cxr.cli.score_cmd import print_summary
+    from scheduler.summary import job_summary
+
+    summary = job_summary(ready_settings(), job_id)
+    if as_json:
+        emit_json(summary)
+    else:
+        print_summary(summary)
+
+
+@jobs.command()
+@click.argument("job_id")
+@json_option
+@handle_errors
+def cancel(job_id: str, as_json: bool) -> None:
+    """Stop a job: workers skip its remaining chunks."""
+    from scheduler.submit import cancel as cancel_job
+
+    cancelled = cancel_job(ready_settings(), job_id)
+    if as_json:
+        emit_json({"job_id": job_id, "cancelled": cancelled})
+    else:
+        click.echo(f"job {job_id} cancelled" if cancelled else f"job {job_id} had already ended")

@@ -1,0 +1,85 @@
+"""``cxr score``: the main job. Bulk-score an archive with a pinned model version."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from cxr.cli.common import emit_json, handle_errors, json_option, ready_settings
+
+
+@click.command()
+@click.argument("source")
+@click.option("--model", "model_ref", required=True, help="NAME@ALIAS, NAME@VERSION or NAME@latest.")
+@click.option("--chunk-size", type=int, default=None, help="Images per task (default CXR_CHUNK_SIZE).")
+@click.option("--wait/--no-wait", default=False, help="Follow the job to its end, then summarise.")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the HTML report here (it always goes to object storage).")  # fmt: skip
+@json_option
+@handle_errors
+def score(
+    source: str, model_ref: str, chunk_size: int | None, wait: bool, report_path: Path | None, as_json: bool
+) -> None:
+    """Score every image under SOURCE: a folder (recursive), s3://bucket/prefix, or a list file.
+
+    Running the same command again resumes an unfinished job: only what is missing is scored.
+    Without a broker (CXR_BROKER_URL unset) the job runs in this process.
+    """
+    from cxr.core.db.models import JobStatus
+    from scheduler.progress import wait_for_job
+    from scheduler.report import write_report
+    from scheduler.submit import submit
+    from scheduler.summary import job_summary
+
+    settings = ready_settings()
+    console = Console(stderr=True, quiet=as_json)
+    with console.status("walking the source and sending chunks…") as status:
+
+        def progress(walked: int, sent: int) -> None:
+            status.update(f"{walked} images walked, {sent} chunks sent")
+
+        submitted = submit(settings, source, model_ref, chunk_size=chunk_size, on_progress=progress)
+    verb = "resumed" if submitted.resumed else "submitted"
+    console.print(
+        f"{verb} job [bold]{submitted.job_id}[/] with {submitted.model.ref}: {submitted.total} images"
+    )
+
+    if not settings.in_process and not wait:
+        console.print(f"follow it with: cxr jobs show {submitted.job_id}")
+        if as_json:
+            emit_json({"job_id": submitted.job_id, "model": submitted.model.ref, "total": submitted.total})
+        return
+    final = wait_for_job(settings, submitted.job_id, quiet=as_json)
+    report = write_report(settings, submitted.job_id, report_path)
+    summary = job_summary(settings, submitted.job_id)
+    summary["report_files"] = report
+    if as_json:
+        emit_json(summary)
+    else:
+        print_summary(summary)
+    if final != JobStatus.FINISHED:
+        sys.exit(1)
+
+
+def print_summary(summary: dict) -> None:
+    click.echo(
+        f"job {summary['job_id']} {summary['status']}: {summary['total']} images, "
+        f"{summary['scored']} scored, {summary['skipped']} skipped (already scored), "
+        f"{summary['failed']} failed"
+    )
+    click.echo(
+        f"model {summary['model']} · {summary['images_per_second']} images/s over {summary['seconds']} s"
+    )
+    for label, count in summary["by_label"].items():
+        click.echo(f"  {label:<12} {count}")
+    if summary["failures_by_reason"]:
+        click.echo("failures:")
+        for reason, count in summary["failures_by_reason"].items():
+            click.echo(f"  {count:>5} × {reason}")
+    files = summary.get("report_files") or {}
+    click.echo(f"report: {files.get('local') or files.get('html')}")
+    click.echo(f"per-image CSV: {files.get('csv')}")
+    click.echo("research use only — not for clinical decisions")

@@ -1,0 +1,229 @@
+"""A job's report: a CSV of per-image results and one self-contained HTML page.
+
+The page embeds everything (charts and thumbnails as data URIs), so it can be mailed or opened
+from object storage without a server. Both files go to object storage under
+``reports/jobs/<job_id>/``; ``cxr score --report PATH`` also writes the HTML to PATH.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+from cxr import INTENDED_USE
+from cxr.core.db.models import Artifact, Job
+from cxr.core.db.session import session_scope
+from cxr.core.errors import CxrError
+from cxr.core.imaging import decode_image
+from cxr.core.labels import is_positive
+from cxr.core.settings import Settings
+from cxr.core.storage import open_store, read_uri
+from modelstore import open_model_store
+from scheduler.summary import ImageRow, image_rows, job_summary
+
+log = logging.getLogger(__name__)
+
+GALLERY_SIZE = 12
+THUMBNAIL_PX = 192
+
+
+def write_csv(settings: Settings, job_id: str, classes: list[str]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        [
+            "uri",
+            "sha256",
+            "outcome",
+            "label",
+            "confidence",
+            *(f"p_{c}" for c in classes),
+            "failure_stage",
+            "failure_reason",
+        ]
+    )
+    for row in image_rows(settings, job_id):
+        probs = row.probabilities or {}
+        writer.writerow(
+            [
+                row.uri, row.sha256 or "", row.outcome, row.label or "",
+                f"{row.confidence:.6f}" if row.confidence is not None else "",
+                *(f"{probs[c]:.6f}" if c in probs else "" for c in classes),
+                row.failure_stage or "", row.failure_reason or "",
+            ]
+        )  # fmt: skip
+    return buffer.getvalue().encode("utf-8")
+
+
+def _png_data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _label_chart(by_label: dict[str, int]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=100)
+    labels, counts = list(by_label), list(by_label.values())
+    ax.barh(labels, counts, color=["#c0392b" if is_positive(x) else "#2e86c1" for x in labels])
+    for y, count in enumerate(counts):
+        ax.text(count, y, f" {count}", va="center")
+    ax.set_xlabel("images")
+    ax.set_title("Predicted labels")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return _png_data_uri(buffer.getvalue())
+
+
+def _thumbnail(uri: str, settings: Settings) -> str | None:
+    from PIL import Image
+
+    try:
+        decoded = decode_image(
+            read_uri(uri, settings), max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+        )
+    except (CxrError, OSError) as exc:
+        log.warning("no thumbnail for %s: %s", uri, exc)
+        return None
+    image = Image.fromarray((decoded.pixels * 255).astype("uint8"), "L")
+    image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return _png_data_uri(buffer.getvalue(), "image/jpeg")
+
+
+def _overlays(settings: Settings, job: Job, sha256s: list[str]) -> dict[str, str]:
+    """Overlay PNG URIs of these images for the job's model version, where explanations exist."""
+    prefix = f"/{job.model_name}/{job.model_version}/"
+    with session_scope(settings) as session:
+        rows = (
+            session.query(Artifact.image_sha256, Artifact.uri)
+            .filter(Artifact.kind == "overlay", Artifact.image_sha256.in_(sha256s))
+            .all()
+        )
+    return {sha: uri for sha, uri in rows if prefix in uri}
+
+
+def _gallery(settings: Settings, job: Job, rows: list[ImageRow]) -> str:
+    positives = sorted(
+        (r for r in rows if r.label and is_positive(r.label) and r.confidence is not None),
+        key=lambda r: r.confidence or 0.0,
+        reverse=True,
+    )[:GALLERY_SIZE]
+    if not positives:
+        return "<p>No image was predicted positive.</p>"
+    overlays = _overlays(settings, job, [r.sha256 for r in positives if r.sha256])
+    cards = []
+    for row in positives:
+        thumb = _thumbnail(row.uri, settings)
+        overlay_uri = overlays.get(row.sha256 or "")
+        overlay = None
+        if overlay_uri:
+            try:
+                overlay = _png_data_uri(read_uri(overlay_uri, settings))
+            except CxrError as exc:
+                log.warning("overlay %s unreadable: %s", overlay_uri, exc)
+        pictures = "".join(
+            f'<img src="{src}" alt="{alt}" title="{alt}">'
+            for src, alt in ((thumb, "X-ray"), (overlay, "heatmap overlay"))
+            if src
+        )
+        cards.append(
+            f"<figure>{pictures}<figcaption><b>{html.escape(row.label or '')}</b> "
+            f"{row.confidence:.3f}<br><small>{html.escape(row.uri.rsplit('/', 1)[-1])}</small>"
+            "</figcaption></figure>"
+        )
+    return '<div class="gallery">' + "".join(cards) + "</div>"
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#222}
+.warn{background:#fdecea;border:1px solid #c0392b;padding:.6em 1em;border-radius:4px}
+table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
+.gallery{display:flex;flex-wrap:wrap;gap:1em}.gallery figure{margin:0;border:1px solid #ddd;padding:.4em}
+.gallery img{height:192px;margin-right:.2em}
+"""
+
+
+def render_html(settings: Settings, job_id: str) -> str:
+    summary = job_summary(settings, job_id)
+    job_row = _job(settings, job_id)
+    manifest = open_model_store(settings).manifest(job_row.model_name, job_row.model_version)
+    rows = list(image_rows(settings, job_id))
+    counts = "".join(
+        f"<tr><th>{name}</th><td>{summary[name]}</td></tr>"
+        for name in ("total", "scored", "skipped", "failed")
+    )
+    failures = "".join(
+        f"<tr><td>{count}</td><td>{html.escape(reason)}</td></tr>"
+        for reason, count in summary["failures_by_reason"].items()
+    )
+    metrics = "".join(
+        f"<li>{html.escape(m.dataset)} (n={m.n}): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in m.values.items() if isinstance(v, int | float))
+        + "</li>"
+        for m in manifest.metrics
+    )
+    chart = (
+        f'<img src="{_label_chart(summary["by_label"])}" alt="label chart">' if summary["by_label"] else ""
+    )
+    label_table = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in summary["by_label"].items()
+    )
+    failure_table = (
+        f"<table><tr><th>images</th><th>reason</th></tr>{failures}</table>" if failures else "<p>None.</p>"
+    )
+    contract = manifest.input
+    card = (
+        f"<li>{html.escape(manifest.ref)} · {html.escape(manifest.architecture)} · classes "
+        f"{html.escape(', '.join(manifest.classes))}</li>"
+        f"<li>input {contract.height}×{contract.width}×{contract.channels}, {contract.normalization}</li>"
+        f"<li>sha256 <code>{manifest.sha256}</code></li>{metrics}"
+        f"<li>{html.escape(manifest.intended_use)}</li>"
+    )
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>cxr job {html.escape(job_id)}</title><style>{_STYLE}</style></head><body>
+<h1>Scoring job {html.escape(job_id)}</h1>
+<p class="warn"><b>{html.escape(INTENDED_USE)}</b> These outputs are research results from a model
+trained on small public datasets; they are not diagnoses.</p>
+<p>Source <code>{html.escape(summary["source"])}</code> · model <code>{html.escape(summary["model"])}</code>
+· status {summary["status"]} · {summary["images_per_second"]} images/s</p>
+<h2>Counts</h2><table>{counts}</table>
+<h2>Label distribution</h2>{chart}<table>{label_table}</table>
+<h2>Most confident positives</h2>{_gallery(settings, job_row, rows)}
+<h2>Failures by reason</h2>{failure_table}
+<h2>Model card</h2><ul>{card}</ul>
+</body></html>"""
+
+
+def _job(settings: Settings, job_id: str) -> Job:
+    from scheduler.summary import get_job
+
+    return get_job(settings, job_id)
+
+
+def write_report(settings: Settings, job_id: str, local_path: Path | None = None) -> dict[str, Any]:
+    """Write the CSV and HTML to object storage (and the HTML to ``local_path``); record the URI."""
+    job = _job(settings, job_id)
+    classes = open_model_store(settings).manifest(job.model_name, job.model_version).classes
+    store = open_store(settings=settings)
+    csv_uri = store.put(
+        f"reports/jobs/{job_id}/results.csv", write_csv(settings, job_id, classes), "text/csv"
+    )
+    page = render_html(settings, job_id).encode("utf-8")
+    html_uri = store.put(f"reports/jobs/{job_id}/report.html", page, "text/html")
+    if local_path is not None:
+        local_path.parent.mkdir(parents=True, exist_ok=True)
+        local_path.write_bytes(page)
+    with session_scope(settings) as session:
+        session.get(Job, job_id).report_uri = html_uri
+    return {"html": html_uri, "csv": csv_uri, "local": str(local_path) if local_path else None}

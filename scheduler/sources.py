@@ -1,0 +1,136 @@
+"""Walking an archive lazily: a local folder, an ``s3://bucket/prefix``, or a list file of URIs.
+
+The walk yields one ``WalkItem`` at a time in a deterministic order (sorted names, S3 key order),
+so an archive of millions of images is never held in memory and a re-run after a crash cuts the
+same chunks. The scheduler never reads image bytes: hashing and de-duplication happen in the
+worker, which reads the bytes anyway.
+
+Items the walk itself must refuse (a symlink that leaves the archive, a symlink loop, a list
+line with an unknown scheme) come out with a ``problem`` and become failure rows; they are never
+silently dropped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr.core.errors import InvalidObjectKey, PermanentError
+from cxr.core.settings import Settings
+from cxr.core.storage import open_store, parse_uri
+
+#: Files the walk treats as images. Extension-less files are included because DICOM archives
+#: often name files by UID alone; the decoder gives a clear reason if one is not an image.
+IMAGE_SUFFIXES = frozenset(
+    {"", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".webp", ".bmp", ".gif"}
+)
+
+
+@dataclass(frozen=True)
+class WalkItem:
+    uri: str
+    problem: str | None = None  # set when the walk refuses the item; it becomes a failure row
+
+
+def is_candidate(name: str) -> bool:
+    if name.startswith("."):
+        return False
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix[1:].isdigit():
+        return True  # a DICOM file named by its UID, e.g. 1.2.840.113619.2.55.3
+    return suffix in IMAGE_SUFFIXES
+
+
+def normalise_source(source: str) -> str:
+    """A stable identity for a source (absolute file URI or the S3 URI), used to resume jobs."""
+    if source.startswith("s3://"):
+        parse_uri(source)
+        return source.rstrip("/")
+    if source.startswith("file://"):
+        return Path(parse_uri(source).path).resolve().as_uri()
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise PermanentError(f"source {source!r} does not exist (expected a folder, a list file or s3://)")
+    return path.resolve().as_uri()
+
+
+def walk(source: str, settings: Settings) -> Iterator[WalkItem]:
+    """Every image reference under ``source`` (already normalised), lazily."""
+    if source.startswith("s3://"):
+        yield from _walk_s3(source, settings)
+        return
+    path = Path(parse_uri(source).path)
+    if path.is_dir():
+        yield from _walk_folder(path, path.resolve())
+    else:
+        yield from _walk_list_file(path)
+
+
+def _walk_s3(source: str, settings: Settings) -> Iterator[WalkItem]:
+    parsed = parse_uri(source)
+    store = open_store(f"s3://{parsed.bucket}", settings)
+    prefix = parsed.path
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"  # s3://bucket/archive means the folder 'archive/', not 'archive-old/'
+    for info in store.list(prefix):
+        if is_candidate(info.key.rsplit("/", 1)[-1]):
+            yield WalkItem(f"s3://{parsed.bucket}/{info.key}")
+
+
+def _walk_folder(directory: Path, root: Path) -> Iterator[WalkItem]:
+    try:
+        entries = sorted(os.scandir(directory), key=lambda entry: entry.name)
+    except OSError as exc:
+        yield WalkItem(directory.as_uri(), f"cannot list folder: {exc.strerror or exc}")
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path = Path(entry.path)
+        if entry.is_symlink():
+            problem = _symlink_problem(path, root)
+            if problem is not None:
+                yield WalkItem(path.as_uri(), problem)
+                continue
+            if path.is_dir():
+                yield WalkItem(path.as_uri(), "symlinked folder not followed (it could loop)")
+                continue
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk_folder(path, root)
+        elif is_candidate(entry.name):
+            yield WalkItem(path.as_uri())
+
+
+def _symlink_problem(path: Path, root: Path) -> str | None:
+    try:
+        target = path.resolve(strict=True)
+    except (RuntimeError, OSError) as exc:  # Python < 3.13 raises RuntimeError on loops
+        return f"broken symlink or symlink loop ({exc})"
+    if target != root and root not in target.parents:
+        return "symlink points outside the archive root"
+    return None
+
+
+def _walk_list_file(path: Path) -> Iterator[WalkItem]:
+    """One URI (s3://, file://) or path per line; blank lines and '#' comments are ignored;
+    relative paths are relative to the list file's folder."""
+    try:
+        stream = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise PermanentError(f"cannot read list file {path}: {exc.strerror or exc}") from exc
+    with stream:
+        for raw in stream:
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if "://" in line:
+                try:
+                    parse_uri(line)
+                except InvalidObjectKey as exc:
+                    yield WalkItem(line, str(exc))
+                    continue
+                yield WalkItem(line)
+            else:
+                yield WalkItem((path.parent / line).resolve().as_uri())

@@ -1,0 +1,123 @@
+"""What a job did, from SQL alone: counters, labels, failures, throughput, per-image rows."""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, select
+
+from cxr.core.db.models import Failure, Job, JobImage, Prediction
+from cxr.core.db.session import session_scope
+from cxr.core.errors import PermanentError
+from cxr.core.settings import Settings
+
+PREDICTION_KIND = "classification"
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image of a job, for the CSV report."""
+
+    uri: str
+    sha256: str | None
+    outcome: str
+    label: str | None
+    confidence: float | None
+    probabilities: dict[str, float] | None
+    failure_stage: str | None
+    failure_reason: str | None
+
+
+def _prediction_join(job: Job) -> Any:
+    return and_(
+        Prediction.image_sha256 == JobImage.image_sha256,
+        Prediction.model_name == job.model_name,
+        Prediction.model_version == job.model_version,
+        Prediction.kind == PREDICTION_KIND,
+    )
+
+
+def get_job(settings: Settings, job_id: str) -> Job:
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise PermanentError(f"no job {job_id!r}")
+        session.expunge(job)
+        return job
+
+
+def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> dict[str, Any]:
+    """The summary `cxr score --wait --json` prints and the report shows."""
+    job = get_job(settings, job_id)
+    with session_scope(settings) as session:
+        by_label = dict(
+            session.execute(
+                select(Prediction.label, func.count())
+                .select_from(JobImage)
+                .join(Prediction, _prediction_join(job))
+                .where(JobImage.job_id == job_id, JobImage.outcome.in_(["scored", "skipped"]))
+                .group_by(Prediction.label)
+                .order_by(Prediction.label)
+            ).all()
+        )
+        failures = session.execute(
+            select(Failure.image_uri, Failure.stage, Failure.reason)
+            .where(Failure.job_id == job_id)
+            .order_by(Failure.id)
+        ).all()
+    end = job.finished_at or dt.datetime.now(dt.UTC)
+    start = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=dt.UTC)
+    end = end if end.tzinfo else end.replace(tzinfo=dt.UTC)
+    seconds = max((end - start).total_seconds(), 1e-9)
+    reasons = collections.Counter(reason for _, _, reason in failures)
+    return {
+        "job_id": job.id,
+        "status": job.status.value,
+        "source": job.source,
+        "model": f"{job.model_name}@{job.model_version}",
+        "model_sha256": job.model_sha256,
+        "total": job.total,
+        "scored": job.scored,
+        "skipped": job.skipped,
+        "failed": job.failed,
+        "by_label": by_label,
+        "failures_by_reason": dict(reasons.most_common()),
+        "failures": [
+            {"uri": uri, "stage": stage, "reason": reason} for uri, stage, reason in failures[:failure_limit]
+        ],
+        "seconds": round(seconds, 3),
+        "images_per_second": round(job.scored / seconds, 3),
+        "report": job.report_uri,
+        "created_at": start.isoformat(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+
+
+def image_rows(settings: Settings, job_id: str, batch: int = 1000) -> Iterator[ImageRow]:
+    """Every image of the job with its prediction or failure, streamed in URI order."""
+    job = get_job(settings, job_id)
+    statement = (
+        select(
+            JobImage.uri,
+            JobImage.image_sha256,
+            JobImage.outcome,
+            Prediction.label,
+            Prediction.confidence,
+            Prediction.probabilities,
+            Failure.stage,
+            Failure.reason,
+        )
+        .select_from(JobImage)
+        .outerjoin(Prediction, _prediction_join(job))
+        .outerjoin(Failure, and_(Failure.job_id == JobImage.job_id, Failure.image_uri == JobImage.uri))
+        .where(JobImage.job_id == job_id)
+        .order_by(JobImage.uri)
+        .execution_options(yield_per=batch)
+    )
+    with session_scope(settings) as session:
+        for row in session.execute(statement):
+            yield ImageRow(*row)
