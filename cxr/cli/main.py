@@ -12,6 +12,7 @@ from cxr import __version__
 from cxr.cli.config_cmd import config
 from cxr.cli.db_cmd import db
 from cxr.cli.models_cmd import models
+from cxr.cli.train_cmd import evaluate, train
 
 
 @click.group()
@@ -33,3 +34,5 @@ def cli(verbose: bool) -> None:
 cli.add_command(config)
 cli.add_command(db)
 cli.add_command(models)
+cli.add_command(train)
+cli.add_command(evaluate)
