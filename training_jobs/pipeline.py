@@ -75,7 +75,8 @@ def to_model_input(gray: Any, contract: InputContract) -> Any:
 
     gray = tf.clip_by_value(tf.cast(gray, tf.float32), 0.0, 1.0)
     image = tf.repeat(gray, contract.channels, axis=-1) if contract.channels > 1 else gray
-    return tf.cast(normalize(image, contract), tf.float32)
+    # Plain tensor arithmetic: AutoGraph has nothing to convert (and cannot parse ``match``).
+    return tf.cast(tf.autograph.experimental.do_not_convert(normalize)(image, contract), tf.float32)
 
 
 def targets(labels: np.ndarray, output: str) -> np.ndarray:

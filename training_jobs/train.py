@@ -114,6 +114,7 @@ def fit(
             class_weight=weights,
             callbacks=[stop],
             verbose=config.verbose,
+            shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras cannot shuffle a Dataset
         )
         return {k: [float(v) for v in values] for k, values in result.history.items()}
 

@@ -1,0 +1,84 @@
+"""Training end to end on a small learnable synthetic dataset, through the library and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import select
+
+from cxr.core.db.migrate import upgrade
+from cxr.core.db.models import Evaluation, TrainingRun
+from cxr.core.db.session import session_scope
+from cxr.core.settings import reload_settings
+from cxr.core.storage import open_store
+from tests.unit.synthetic_cxr import write_folder_dataset, write_manifest_dataset
+from training_jobs.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow
+
+
+def test_simple_cnn_learns_blob_position(tmp_path, local_settings):
+    # 35 patients per class, a few with two films, so the split really is by patient.
+    rows = [(label, f"{label}-{p}") for label in ("covid", "normal") for p in range(35)]
+    rows += [(label, f"{label}-{p}") for label in ("covid", "normal") for p in range(5)]
+    manifest = write_manifest_dataset(tmp_path / "data", rows, size=48)
+    upgrade(settings=local_settings)
+    config = TrainConfig(
+        data=str(manifest), arch="simple_cnn", classes=("covid", "normal"), name="blob-cnn",
+        image_size=48, epochs=15, patience=4, batch_size=16, bootstrap_resamples=100, verbose=0,
+    )  # fmt: skip
+    result = train(config, local_settings)
+
+    assert result.metrics["accuracy"] >= 0.9, result.metrics
+    assert result.metrics["n"] >= 12 and result.model_ref is None
+    store = open_store(settings=local_settings)
+    names = {info.key.rsplit("/", 1)[1] for info in store.list(f"reports/training/{result.run_id}/")}
+    assert {"report.json", "report.md", "training_curves.png", "roc_curves.png", "model.keras"} <= names
+    assert "not for clinical decisions" in store.get(f"reports/training/{result.run_id}/report.md").decode()
+    with session_scope(local_settings) as session:
+        run = session.get(TrainingRun, result.run_id)
+        assert run.status == "finished" and run.finished_at is not None
+        assert run.data_fingerprint == result.runtime["dataset"]["fingerprint"]
+        split = run.split["patients"]
+        assert set(split["train"]).isdisjoint(split["test"]) and len(split["test"]) >= 6
+        assert not any(h.startswith(("covid-", "normal-")) for h in split["train"])
+        evaluation = session.scalars(select(Evaluation).filter_by(training_run_id=run.id)).one()
+        assert evaluation.model_version == 0 and evaluation.metrics["accuracy"] == result.metrics["accuracy"]
+
+
+def test_cli_train_publish_then_evaluate(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_DATA_DIR", str(tmp_path / "cxr-data"))
+    reload_settings()
+    data = write_folder_dataset(
+        tmp_path / "folder", per_class=20, size=40, classes=("covid", "normal", "pneumonia")
+    )
+    held_out = write_folder_dataset(tmp_path / "held-out", per_class=6, size=40, seed=9)
+    from cxr.cli.main import cli
+
+    runner = CliRunner()
+    args = ["train", "--data", str(data), "--arch", "simple_cnn", "--classes", "covid,non-covid",
+            "--image-size", "40", "--epochs", "3", "--name", "tiny", "--batch-size", "16",
+            "--publish", "--alias", "candidate", "--json"]  # fmt: skip
+    trained = runner.invoke(cli, args, catch_exceptions=False)
+    assert trained.exit_code == 0, trained.output
+    summary = json.loads(trained.output[trained.output.index("{") :])
+    assert summary["model"] == "tiny@1" and summary["report"].endswith("report.json")
+
+    evaluated = runner.invoke(
+        cli, ["evaluate", "--model", "tiny@latest", "--data", str(held_out), "--json"], catch_exceptions=False
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    result = json.loads(evaluated.output[evaluated.output.index("{") :])
+    assert result["model"] == "tiny@1" and result["n"] == 12
+
+    shown = runner.invoke(cli, ["models", "show", "tiny@candidate", "--json"], catch_exceptions=False)
+    manifest = json.loads(shown.output[shown.output.index("{") :])["manifest"]
+    assert manifest["classes"] == ["covid", "non-covid"] and manifest["output"] == "sigmoid"
+    assert manifest["input"]["channels"] == 1 and manifest["gradcam_layer"] == "conv3"
+    datasets = [record["dataset"] for record in manifest["metrics"]]
+    assert len(datasets) == 2 and "test split" in datasets[0] and datasets[1] == str(held_out)
+    assert manifest["metrics"][1]["values"]["accuracy"] == result["metrics"]["accuracy"]
+    assert "ci95" in manifest["metrics"][1]["values"]
+    reload_settings()
