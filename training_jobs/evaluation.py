@@ -121,10 +121,9 @@ def per_class_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[s
         fp = matrix[:, i].sum() - tp
         tn = total - tp - fn - fp
         precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-        if precision is None or recall is None:
-            f1 = None
-        else:
-            f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+        # 2TP / (2TP + FP + FN): a class that is present but never predicted scores 0, as in
+        # scikit-learn; only a class absent from both truth and predictions has no F1.
+        f1 = _ratio(2 * tp, 2 * tp + fp + fn)
         out[name] = {
             "n": int(matrix[i].sum()),
             "precision": precision,
@@ -145,7 +144,8 @@ def _mean_defined(values: list[float | None]) -> float | None:
 def headline_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy, macro F1 and AUC (over classes where defined), and the COVID figures."""
     per_class = per_class_metrics(y_true, probs, classes)
-    # A class absent from the data and never predicted has no F1; scikit-learn would count it 0.
+    # Macro averages run over the classes where the figure is defined (scikit-learn's macro F1
+    # likewise runs over the labels present in the truth or the predictions).
     values: dict[str, Any] = {
         "accuracy": float(np.mean(probs.argmax(axis=1) == np.asarray(y_true))),
         "macro_f1": _mean_defined([m["f1"] for m in per_class.values()]),

@@ -41,10 +41,13 @@ class Augmentation:
         import keras
 
         layers = keras.layers
-        fill = {"fill_mode": "constant", "fill_value": 0.0}
+        # float32 even under a mixed-precision policy: augmentation is input preparation, and
+        # float16 would round [0, 1] pixels to about 1/2000.
+        exact = {"dtype": "float32"}
+        fill = {"fill_mode": "constant", "fill_value": 0.0, **exact}
         out = []
         if self.horizontal_flip:
-            out.append(layers.RandomFlip("horizontal", seed=seed))
+            out.append(layers.RandomFlip("horizontal", seed=seed, **exact))
         if self.rotation:
             out.append(layers.RandomRotation(self.rotation, seed=seed + 1, **fill))
         if self.shear:
@@ -52,9 +55,11 @@ class Augmentation:
         if self.zoom:
             out.append(layers.RandomZoom(self.zoom, seed=seed + 3, **fill))
         if self.brightness:
-            out.append(layers.RandomBrightness(self.brightness, value_range=(0.0, 1.0), seed=seed + 4))
+            out.append(
+                layers.RandomBrightness(self.brightness, value_range=(0.0, 1.0), seed=seed + 4, **exact)
+            )
         if self.contrast:
-            out.append(layers.RandomContrast(self.contrast, value_range=(0.0, 1.0), seed=seed + 5))
+            out.append(layers.RandomContrast(self.contrast, value_range=(0.0, 1.0), seed=seed + 5, **exact))
         return out
 
 

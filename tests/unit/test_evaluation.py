@@ -96,3 +96,13 @@ def test_undefined_figures_are_none_not_zero():
     assert report["per_class"]["covid"]["precision"] is None
     assert report["macro_auc"] is None
     assert report["ci95"]["macro_auc"] is None
+
+
+def test_class_never_predicted_scores_zero_f1_like_scikit_learn():
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.tile([0.1, 0.8, 0.1], (6, 1))  # always predicts class 1
+    report = evaluate_predictions(y_true, probs, CLASSES, n_resamples=10)
+    assert report["per_class"]["covid"]["f1"] == 0.0
+    assert report["per_class"]["covid"]["precision"] is None
+    expected = skm.f1_score(y_true, probs.argmax(axis=1), average="macro", zero_division=0)
+    assert report["macro_f1"] == pytest.approx(expected)
