@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -82,3 +83,28 @@ def test_cli_train_publish_then_evaluate(tmp_path, monkeypatch):
     assert manifest["metrics"][1]["values"]["accuracy"] == result["metrics"]["accuracy"]
     assert "ci95" in manifest["metrics"][1]["values"]
     reload_settings()
+
+
+MOBILENET_WEIGHTS = Path(
+    "/work/shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+)
+
+
+@pytest.mark.skipif(not MOBILENET_WEIGHTS.exists(), reason="offline ImageNet weights not on this machine")
+def test_pretrained_head_then_fine_tune_publishes_a_safe_model(tmp_path, local_settings):
+    data = write_folder_dataset(tmp_path / "folder", per_class=12, size=40)
+    upgrade(settings=local_settings)
+    config = TrainConfig(
+        data=str(data), arch="mobilenetv2", classes=("covid", "normal"), name="tiny-mnv2", image_size=32,
+        epochs=1, weights=str(MOBILENET_WEIGHTS), fine_tune_layers=8, fine_tune_epochs=1, batch_size=8,
+        bootstrap_resamples=20, publish=True, verbose=0,
+    )  # fmt: skip
+    result = train(config, local_settings)
+    assert len(result.history["loss"]) == 2  # one head epoch, one fine-tuning epoch
+    from modelstore import open_model_store
+    from modelstore.loading import load_keras_model
+
+    pulled = open_model_store(local_settings).pull(result.model_ref)
+    assert pulled.manifest.input.normalization == "symmetric" and pulled.manifest.input.channels == 3
+    model = load_keras_model(pulled.path)  # safe mode
+    assert model.get_layer(pulled.manifest.gradcam_layer) is not None
