@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
@@ -123,7 +124,9 @@ def train(
         limit=limit,
         verbose=1 if sys.stderr.isatty() and not as_json else 2,
     )
-    result = run_training(config, ready_settings())
+    # Keras writes its progress to stdout; with --json, stdout carries the JSON object alone.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        result = run_training(config, ready_settings())
     summary = {
         "run_id": result.run_id,
         "report": result.report_uri,

@@ -64,18 +64,18 @@ def test_cli_train_publish_then_evaluate(tmp_path, monkeypatch):
             "--publish", "--alias", "candidate", "--json"]  # fmt: skip
     trained = runner.invoke(cli, args, catch_exceptions=False)
     assert trained.exit_code == 0, trained.output
-    summary = json.loads(trained.output[trained.output.index("{") :])
+    summary = json.loads(trained.stdout)
     assert summary["model"] == "tiny@1" and summary["report"].endswith("report.json")
 
     evaluated = runner.invoke(
         cli, ["evaluate", "--model", "tiny@latest", "--data", str(held_out), "--json"], catch_exceptions=False
     )
     assert evaluated.exit_code == 0, evaluated.output
-    result = json.loads(evaluated.output[evaluated.output.index("{") :])
+    result = json.loads(evaluated.stdout)
     assert result["model"] == "tiny@1" and result["n"] == 12
 
     shown = runner.invoke(cli, ["models", "show", "tiny@candidate", "--json"], catch_exceptions=False)
-    manifest = json.loads(shown.output[shown.output.index("{") :])["manifest"]
+    manifest = json.loads(shown.stdout)["manifest"]
     assert manifest["classes"] == ["covid", "non-covid"] and manifest["output"] == "sigmoid"
     assert manifest["input"]["channels"] == 1 and manifest["gradcam_layer"] == "conv3"
     datasets = [record["dataset"] for record in manifest["metrics"]]
