@@ -47,6 +47,12 @@ def evaluate_model(
     manifest = pulled.manifest
     model = load_keras_model(pulled.path)
     data = load_dataset(source, manifest.classes, manifest.input, settings, limit=limit, seed=seed)
+    if data.fingerprint == manifest.training_data_fingerprint:
+        log.warning(
+            "%s is the very dataset %s was trained on: these figures include its training images",
+            source,
+            manifest.ref,
+        )
     context = {
         "model": manifest.ref,
         "model sha256": manifest.sha256,

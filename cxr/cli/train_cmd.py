@@ -33,6 +33,16 @@ def _headline(metrics: dict) -> dict:
     return {k: metrics[k] for k in keys if k in metrics}
 
 
+def _readable(metrics: dict) -> str:
+    """'accuracy 0.812 [0.760, 0.861], ...': each headline figure with its 95% CI."""
+    parts = []
+    for key, value in _headline(metrics).items():
+        ci = metrics["ci95"].get(key)
+        text = "n/a" if value is None else f"{value:.3f}"
+        parts.append(f"{key} {text}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+    return ", ".join(parts)
+
+
 @click.command()
 @click.option("--data", required=True, help="Class-folder directory or manifest CSV, local or s3://.")
 @click.option("--arch", type=click.Choice(ARCH_CHOICES), required=True)
@@ -139,7 +149,9 @@ def train(
     if as_json:
         emit_json(summary)
         return
-    click.echo(f"training run {result.run_id}: test split {_headline(result.metrics)}")
+    click.echo(
+        f"training run {result.run_id}, test split (n={result.metrics['n']}): {_readable(result.metrics)}"
+    )
     click.echo(f"report    {result.report_uri}")
     click.echo(f"published {result.model_ref}" if result.model_ref else "not published (use --publish)")
 
@@ -169,5 +181,5 @@ def evaluate(ref: str, data: str, batch_size: int, seed: int, limit: int | None,
     if as_json:
         emit_json(summary)
         return
-    click.echo(f"{result.model_ref} on {data} (n={result.metrics['n']}): {_headline(result.metrics)}")
+    click.echo(f"{result.model_ref} on {data} (n={result.metrics['n']}): {_readable(result.metrics)}")
     click.echo(f"report {result.report_uri}")
