@@ -108,3 +108,38 @@ def test_pretrained_head_then_fine_tune_publishes_a_safe_model(tmp_path, local_s
     assert pulled.manifest.input.normalization == "symmetric" and pulled.manifest.input.channels == 3
     model = load_keras_model(pulled.path)  # safe mode
     assert model.get_layer(pulled.manifest.gradcam_layer) is not None
+
+
+_DETERMINISTIC_RUN = """
+import json, sys
+from pathlib import Path
+from cxr.core.db.migrate import upgrade
+from cxr.core.settings import Settings
+from tests.unit.synthetic_cxr import write_folder_dataset
+from training_jobs.train import TrainConfig, train
+
+root = Path(sys.argv[1])
+data = write_folder_dataset(root / "data", per_class=15, size=40)
+settings = Settings(data_dir=root / "cxr-data")
+upgrade(settings=settings)
+config = TrainConfig(data=str(data), arch="simple_cnn", classes=("covid", "normal"), name="det",
+                     image_size=40, epochs=2, batch_size=8, bootstrap_resamples=10, deterministic=True,
+                     verbose=0)
+print(json.dumps(train(config, settings).history["loss"]))
+"""
+
+
+def test_deterministic_mode_repeats_the_same_losses(tmp_path):
+    # Separate processes: op determinism is process-wide and cannot be switched off again.
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    losses = []
+    for run in ("a", "b"):
+        done = subprocess.run(
+            [sys.executable, "-c", _DETERMINISTIC_RUN, str(tmp_path / run)],
+            cwd=repo, capture_output=True, text=True, timeout=300, check=True,
+        )  # fmt: skip
+        losses.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert losses[0] == losses[1]
