@@ -66,6 +66,7 @@ class LoadedDataset:
     patient_ids: list[str]
     sha256: list[str]
     raw_labels: list[str]
+    meta: list[dict[str, str]] = field(default_factory=list)  # extra manifest columns per image
     dropped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -225,7 +226,7 @@ def load_dataset(
         results = list(pool.map(lambda pair: _load_one(store, pair[0], unit, settings), mapped))
 
     seen: set[str] = set()
-    images, labels, patients, hashes, raw = [], [], [], [], []
+    images, labels, patients, hashes, raw, meta = [], [], [], [], [], []
     for (entry, label), result in zip(mapped, results, strict=True):
         if isinstance(result, str):
             dropped[result] += 1
@@ -240,6 +241,7 @@ def load_dataset(
         patients.append(entry.patient_id)
         hashes.append(image_hash)
         raw.append(entry.label)
+        meta.append(entry.meta)
     if not images:
         raise ConfigurationError(f"{source}: no usable images for classes {','.join(classes)}")
     for reason, count in sorted(dropped.items()):
@@ -252,14 +254,24 @@ def load_dataset(
         patient_ids=patients,
         sha256=hashes,
         raw_labels=raw,
+        meta=meta,
         dropped=dict(dropped),
     )
     log.info("%s: %d images of %d patients, %s", source, len(dataset), len(set(patients)), dataset.counts())
     return dataset
 
 
+SOURCE_COLUMNS = ("source_repo", "source")
+
+
 def describe(dataset: LoadedDataset) -> dict[str, Any]:
-    """A JSON-ready summary (no patient ids) for reports."""
+    """A JSON-ready summary (no patient ids) for reports, with images per (class, source) when
+    the manifest names sources: where the source nearly gives the label away, a reader must see it."""
+    by_source: Counter[str] = Counter()
+    for label, meta in zip(dataset.labels, dataset.meta, strict=True):
+        source = next((meta[c] for c in SOURCE_COLUMNS if meta.get(c)), None)
+        if source is not None:
+            by_source[f"{dataset.classes[label]} / {source}"] += 1
     return {
         "source": dataset.source,
         "n_images": len(dataset),
@@ -268,4 +280,5 @@ def describe(dataset: LoadedDataset) -> dict[str, Any]:
         "raw_labels": dict(Counter(dataset.raw_labels)),
         "dropped": dataset.dropped,
         "fingerprint": dataset.fingerprint,
+        "per_class_and_source": dict(sorted(by_source.items())),
     }

@@ -192,6 +192,7 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
     history = fit(built, train_ds, val_ds, config, weights)
     train_seconds = time.monotonic() - started
 
+    summary = describe(data)
     context = {
         "run": run_id,
         "architecture": config.arch,
@@ -201,6 +202,7 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         "split": f"by patient, seed {config.seed}, fractions {list(config.fractions)}; evaluated on test",
         "epochs run": len(history.get("loss", [])),
         "train minutes": round(train_seconds / 60, 2),
+        "images per class and source": summary["per_class_and_source"] or "no source column",
     }
     prefix = f"reports/training/{run_id}"
     result = assess(
@@ -270,7 +272,7 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         parameters=int(built.model.count_params()),
         train_seconds=train_seconds,
         history=history,
-        runtime=runtime | {"dataset": describe(data)},
+        runtime=runtime | {"dataset": summary},
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 from cxr.core.errors import ConfigurationError
 from cxr.core.imaging import InputContract, decode_image, preprocess
 from tests.unit.synthetic_cxr import write_folder_dataset, write_manifest_dataset
-from training_jobs.datasets import dataset_fingerprint, load_dataset, map_label
+from training_jobs.datasets import dataset_fingerprint, describe, load_dataset, map_label
 from training_jobs.pipeline import Augmentation, class_weights, make_dataset
 
 CONTRACT = InputContract(height=32, width=32, channels=1, normalization="unit")
@@ -105,3 +105,12 @@ def test_augmentation_stays_in_range_and_changes_pixels():
 
 def test_balanced_class_weights():
     assert class_weights(np.array([0, 0, 0, 1]), 2) == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0)}
+
+
+def test_describe_counts_images_per_class_and_source(tmp_path, local_settings):
+    manifest = tmp_path / "m.csv"
+    write_manifest_dataset(tmp_path, [("covid", "p1"), ("normal", "p2")], size=40)
+    text = (tmp_path / "manifest.csv").read_text().replace("view", "source_repo").replace(",PA", ",nih")
+    manifest.write_text(text)
+    data = load_dataset(str(manifest), ["covid", "normal"], CONTRACT, local_settings)
+    assert describe(data)["per_class_and_source"] == {"covid / nih": 1, "normal / nih": 1}
