@@ -14,6 +14,7 @@ from cxr.cli.db_cmd import db
 from cxr.cli.jobs_cmd import jobs
 from cxr.cli.models_cmd import models
 from cxr.cli.score_cmd import score
+from cxr.cli.train_cmd import evaluate, train
 
 
 @click.group()
@@ -37,3 +38,5 @@ cli.add_command(db)
 cli.add_command(models)
 cli.add_command(score)
 cli.add_command(jobs)
+cli.add_command(train)
+cli.add_command(evaluate)

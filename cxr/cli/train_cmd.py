@@ -1,0 +1,185 @@
+"""``cxr train`` and ``cxr evaluate``. TensorFlow is imported inside the commands only."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import click
+
+from cxr.cli.common import emit_json, handle_errors, json_option, ready_settings
+
+ARCH_CHOICES = (
+    "simple_cnn",
+    "alexnet",
+    "vgg16",
+    "vgg19",
+    "resnet50",
+    "densenet121",
+    "mobilenetv2",
+    "efficientnetb0",
+)
+
+
+def _classes(value: str) -> tuple[str, ...]:
+    classes = tuple(c.strip().lower() for c in value.split(",") if c.strip())
+    if len(classes) < 2:
+        raise click.BadParameter("give two or more comma-separated classes, e.g. covid,normal,pneumonia")
+    return classes
+
+
+def _headline(metrics: dict) -> dict:
+    keys = ("accuracy", "macro_f1", "macro_auc", "covid_sensitivity", "covid_specificity", "covid_auc", "ece")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _readable(metrics: dict) -> str:
+    """'accuracy 0.812 [0.760, 0.861], ...': each headline figure with its 95% CI."""
+    parts = []
+    for key, value in _headline(metrics).items():
+        ci = metrics["ci95"].get(key)
+        text = "n/a" if value is None else f"{value:.3f}"
+        parts.append(f"{key} {text}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
+    return ", ".join(parts)
+
+
+@click.command()
+@click.option("--data", required=True, help="Class-folder directory or manifest CSV, local or s3://.")
+@click.option("--arch", type=click.Choice(ARCH_CHOICES), required=True)
+@click.option(
+    "--classes",
+    default="covid,normal,pneumonia",
+    show_default=True,
+    help="Output classes in order; covid,non-covid folds normal and pneumonia together.",
+)
+@click.option("--image-size", type=int, default=224, show_default=True)
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--name", required=True, help="Model name in the store.")
+@click.option("--weights", default="none", show_default=True, help="none, imagenet, or a local .h5 PATH.")
+@click.option(
+    "--fine-tune-layers",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Unfreeze the top N base layers after the head is trained (pretrained models).",
+)
+@click.option("--fine-tune-epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-3, show_default=True)
+@click.option(
+    "--patience", type=int, default=5, show_default=True, help="Early-stopping patience (val loss)."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--flip/--no-flip",
+    default=False,
+    show_default=True,
+    help="Random horizontal flips (off: a flipped chest film is anatomically wrong).",
+)
+@click.option("--deterministic", is_flag=True, help="Deterministic TensorFlow ops (slower).")
+@click.option("--limit", type=int, default=None, help="Use a seeded random subset of N images.")
+@click.option("--publish", is_flag=True, help="Publish the trained model to the model store.")
+@click.option("--alias", "aliases", multiple=True, help="Alias to point at the published version.")
+@json_option
+@handle_errors
+def train(
+    data: str,
+    arch: str,
+    classes: str,
+    image_size: int,
+    epochs: int,
+    name: str,
+    weights: str,
+    fine_tune_layers: int,
+    fine_tune_epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    patience: int,
+    seed: int,
+    flip: bool,
+    deterministic: bool,
+    limit: int | None,
+    publish: bool,
+    aliases: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Train ARCH on DATA (split by patient), evaluate on the test split, report, optionally publish.
+
+    Research use only. Not for clinical decisions.
+    """
+    from training_jobs.pipeline import Augmentation
+    from training_jobs.train import TrainConfig
+    from training_jobs.train import train as run_training
+
+    if aliases and not publish:
+        raise click.UsageError("--alias needs --publish")
+    config = TrainConfig(
+        data=data,
+        arch=arch,
+        classes=_classes(classes),
+        name=name,
+        image_size=image_size,
+        epochs=epochs,
+        weights=weights,
+        fine_tune_layers=fine_tune_layers,
+        fine_tune_epochs=fine_tune_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        patience=patience,
+        seed=seed,
+        augmentation=Augmentation(horizontal_flip=flip),
+        deterministic=deterministic,
+        publish=publish,
+        aliases=aliases,
+        limit=limit,
+        verbose=1 if sys.stderr.isatty() and not as_json else 2,
+    )
+    # Keras writes its progress to stdout; with --json, stdout carries the JSON object alone.
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        result = run_training(config, ready_settings())
+    summary = {
+        "run_id": result.run_id,
+        "report": result.report_uri,
+        "model": result.model_ref,
+        "parameters": result.parameters,
+        "train_minutes": round(result.train_seconds / 60, 2),
+        "metrics": _headline(result.metrics),
+        "ci95": result.metrics["ci95"],
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(
+        f"training run {result.run_id}, test split (n={result.metrics['n']}): {_readable(result.metrics)}"
+    )
+    click.echo(f"report    {result.report_uri}")
+    click.echo(f"published {result.model_ref}" if result.model_ref else "not published (use --publish)")
+
+
+@click.command()
+@click.option("--model", "ref", required=True, help="NAME@VERSION, NAME@ALIAS or NAME@latest.")
+@click.option("--data", required=True, help="Class-folder directory or manifest CSV, local or s3://.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap CIs.")
+@click.option("--limit", type=int, default=None, help="Use a seeded random subset of N images.")
+@json_option
+@handle_errors
+def evaluate(ref: str, data: str, batch_size: int, seed: int, limit: int | None, as_json: bool) -> None:
+    """Measure a published model on DATA; the figures join its manifest and the SQL catalogue."""
+    from training_jobs.model_eval import evaluate_model
+
+    result = evaluate_model(ref, data, ready_settings(), batch_size=batch_size, seed=seed, limit=limit)
+    summary = {
+        "model": result.model_ref,
+        "evaluation_id": result.evaluation_id,
+        "report": result.report_uri,
+        "data_fingerprint": result.data_fingerprint,
+        "n": result.metrics["n"],
+        "metrics": _headline(result.metrics),
+        "ci95": result.metrics["ci95"],
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    click.echo(f"{result.model_ref} on {data} (n={result.metrics['n']}): {_readable(result.metrics)}")
+    click.echo(f"report {result.report_uri}")

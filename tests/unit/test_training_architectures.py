@@ -1,0 +1,54 @@
+"""Every architecture builds at a small size with random weights and has the right outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxr.core.errors import ConfigurationError
+from training_jobs.architectures import ARCHITECTURES, build_model, freeze_base, unfreeze_top
+
+MOBILENET_WEIGHTS = Path(
+    "/work/shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+)
+# Every architecture once with a softmax head; the sigmoid head is the same code, checked on the
+# cheap ones. Application bases need at least 32 px.
+CASES = [(arch, 3) for arch in ARCHITECTURES] + [("simple_cnn", 2), ("alexnet", 2), ("mobilenetv2", 2)]
+
+
+@pytest.mark.parametrize(("arch", "num_classes"), CASES)
+def test_builds_with_right_output(arch, num_classes):
+    size = 32
+    built = build_model(arch, image_size=size, num_classes=num_classes, weights="none")
+    model = built.model
+    assert model.input_shape == (None, size, size, built.channels)
+    out = np.asarray(model.predict(np.zeros((2, size, size, built.channels), np.float32), verbose=0))
+    if num_classes == 2:
+        assert built.output == "sigmoid" and out.shape == (2, 1)
+    else:
+        assert built.output == "softmax" and out.shape == (2, 3)
+        np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+    assert model.get_layer(built.gradcam_layer).output.shape[-1] > 1  # Grad-CAM target at top level
+    assert not any(type(layer).__name__ == "Lambda" for layer in model.layers)
+
+
+def test_unknown_arch_and_weights_for_scratch_models_are_refused():
+    with pytest.raises(ConfigurationError, match="unknown architecture"):
+        build_model("lenet", image_size=32, num_classes=2)
+    with pytest.raises(ConfigurationError, match="from scratch"):
+        build_model("simple_cnn", image_size=32, num_classes=2, weights="imagenet")
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        build_model("mobilenetv2", image_size=32, num_classes=2, weights="/nonexistent/weights.h5")
+
+
+@pytest.mark.skipif(not MOBILENET_WEIGHTS.exists(), reason="offline ImageNet weights not on this machine")
+def test_weights_from_a_path_then_freeze_and_unfreeze_top_layers():
+    built = build_model("mobilenetv2", image_size=32, num_classes=3, weights=str(MOBILENET_WEIGHTS))
+    assert built.pretrained and built.normalization == "symmetric"
+    freeze_base(built)
+    assert all(not layer.trainable for layer in built.base_layers)
+    assert unfreeze_top(built, 10) > 0
+    assert not any(layer.trainable for layer in built.base_layers[:-10])
+    assert all(not layer.trainable for layer in built.base_layers if "bn" in layer.name.lower())

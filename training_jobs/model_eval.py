@@ -1,0 +1,93 @@
+"""Evaluate a published model version on a dataset (``cxr evaluate``).
+
+The model is fed from its manifest alone (classes, input contract, output kind), through the
+same decoder, preprocessing and pipeline as training. The figures go three places: a report in
+object storage, an ``Evaluation`` row in SQL, and the model's manifest (``store.add_metrics``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from cxr.core.db.models import new_id
+from cxr.core.settings import Settings
+from training_jobs import records
+from training_jobs.assess import assess, manifest_values
+from training_jobs.datasets import load_dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationResult:
+    model_ref: str
+    evaluation_id: int
+    report_uri: str
+    metrics: dict[str, Any]
+    data_fingerprint: str
+
+
+def evaluate_model(
+    ref: str,
+    source: str,
+    settings: Settings,
+    *,
+    batch_size: int = 32,
+    seed: int = 0,
+    limit: int | None = None,
+    bootstrap_resamples: int = 1000,
+) -> EvaluationResult:
+    from modelstore import MetricRecord, open_model_store
+    from modelstore.loading import load_keras_model
+
+    store = open_model_store(settings)
+    pulled = store.pull(store.resolve(ref))
+    manifest = pulled.manifest
+    model = load_keras_model(pulled.path)
+    data = load_dataset(source, manifest.classes, manifest.input, settings, limit=limit, seed=seed)
+    if data.fingerprint == manifest.training_data_fingerprint:
+        log.warning(
+            "%s is the very dataset %s was trained on: these figures include its training images",
+            source,
+            manifest.ref,
+        )
+    context = {
+        "model": manifest.ref,
+        "model sha256": manifest.sha256,
+        "data": source,
+        "data fingerprint": data.fingerprint,
+        "images": len(data),
+    }
+    result = assess(
+        model,
+        data.images,
+        data.labels,
+        classes=list(manifest.classes),
+        contract=manifest.input,
+        output=manifest.output,
+        settings=settings,
+        report_prefix=f"reports/evaluation/{manifest.name}-{manifest.version}-{new_id()}",
+        title=f"{manifest.ref} on {source}",
+        context=context,
+        seed=seed,
+        n_resamples=bootstrap_resamples,
+        batch_size=batch_size,
+    )
+    values = manifest_values(result.metrics) | {"data_fingerprint": data.fingerprint}
+    evaluation_id = records.record_evaluation(
+        settings,
+        model_name=manifest.name,
+        model_version=manifest.version,
+        dataset=source,
+        data_fingerprint=data.fingerprint,
+        n_images=len(data),
+        metrics=values,
+        report_uri=result.report_uri,
+    )
+    store.add_metrics(
+        manifest.name, manifest.version, MetricRecord(dataset=source, n=len(data), values=values)
+    )
+    log.info("evaluated %s on %s: report %s", manifest.ref, source, result.report_uri)
+    return EvaluationResult(manifest.ref, evaluation_id, result.report_uri, result.metrics, data.fingerprint)

@@ -1,0 +1,129 @@
+"""``tf.data`` input pipelines: batching, augmentation of training data, normalization.
+
+Where augmentation happens, and why: **before normalization, in the [0, 1] gray space**.
+The in-memory cache holds ``preprocess(pixels, gray_unit_contract(contract))`` (the shared
+function, resized, one channel, [0, 1]); each batch is then augmented, clipped back to [0, 1],
+replicated to the model's channels and normalized by ``cxr.core.imaging.preprocess.normalize``,
+the very function inference uses. Augmenting in the normalized space instead would be wrong in
+three quiet ways: brightness/contrast layers clip to a value range that no longer exists (caffe
+inputs run from about -124 to 152), a brightness shift of 0.1 would mean different things per
+channel under torch normalization, and the black fill of a rotated corner must be normalize(0),
+not 0. For un-augmented data (validation, test, evaluation) the result equals
+``preprocess(pixels, contract)`` exactly (a unit test holds this).
+
+Augmentations are small on purpose (a radiograph's geometry is meaningful): rotation ±7°, shear
+±0.05, zoom ±10 %, brightness ±0.1, contrast ±10 %. Horizontal flips are off by default: a
+flipped chest film puts the heart on the right, which no real frontal PA/AP film shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cxr.core.imaging import InputContract
+from cxr.core.imaging.preprocess import normalize
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    rotation: float = 0.02  # fraction of a full turn: 0.02 ≈ ±7°
+    shear: float = 0.05
+    zoom: float = 0.1
+    brightness: float = 0.1
+    contrast: float = 0.1
+    horizontal_flip: bool = False
+
+    def layers(self, seed: int) -> list[Any]:
+        """Keras random preprocessing layers operating on [0, 1] images (fill = black)."""
+        import keras
+
+        layers = keras.layers
+        # float32 even under a mixed-precision policy: augmentation is input preparation, and
+        # float16 would round [0, 1] pixels to about 1/2000.
+        exact = {"dtype": "float32"}
+        fill = {"fill_mode": "constant", "fill_value": 0.0, **exact}
+        out = []
+        if self.horizontal_flip:
+            out.append(layers.RandomFlip("horizontal", seed=seed, **exact))
+        if self.rotation:
+            out.append(layers.RandomRotation(self.rotation, seed=seed + 1, **fill))
+        if self.shear:
+            out.append(layers.RandomShear(x_factor=self.shear, y_factor=self.shear, seed=seed + 2, **fill))
+        if self.zoom:
+            out.append(layers.RandomZoom(self.zoom, seed=seed + 3, **fill))
+        if self.brightness:
+            out.append(
+                layers.RandomBrightness(self.brightness, value_range=(0.0, 1.0), seed=seed + 4, **exact)
+            )
+        if self.contrast:
+            out.append(layers.RandomContrast(self.contrast, value_range=(0.0, 1.0), seed=seed + 5, **exact))
+        return out
+
+
+NO_AUGMENTATION = Augmentation(rotation=0, shear=0, zoom=0, brightness=0, contrast=0)
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """'Balanced' weights n / (k · n_c): each class contributes equally to the loss. A class
+    absent from the training data gets weight 1 (it cannot contribute anyway)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    total = counts.sum()
+    return {i: float(total / (num_classes * c)) if c else 1.0 for i, c in enumerate(counts)}
+
+
+def to_model_input(gray: Any, contract: InputContract) -> Any:
+    """(B, H, W, 1) [0, 1] → the model's channels and value range, via the shared ``normalize``."""
+    import tensorflow as tf
+
+    gray = tf.clip_by_value(tf.cast(gray, tf.float32), 0.0, 1.0)
+    image = tf.repeat(gray, contract.channels, axis=-1) if contract.channels > 1 else gray
+    # Plain tensor arithmetic: AutoGraph has nothing to convert (and cannot parse ``match``).
+    return tf.cast(tf.autograph.experimental.do_not_convert(normalize)(image, contract), tf.float32)
+
+
+def targets(labels: np.ndarray, output: str) -> np.ndarray:
+    """Sigmoid models learn P(classes[1]) from a float (N, 1); softmax models integer labels."""
+    if output == "sigmoid":
+        return np.asarray(labels, dtype=np.float32).reshape(-1, 1)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    contract: InputContract,
+    *,
+    output: str,
+    batch_size: int,
+    augmentation: Augmentation | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> Any:
+    """A batched ``tf.data.Dataset`` of (input, target), or of inputs alone when ``labels`` is None.
+
+    Only training data should get an ``augmentation`` and ``shuffle``.
+    """
+    import keras
+    import tensorflow as tf
+
+    source: Any = images if labels is None else (images, targets(labels, output))
+    dataset = tf.data.Dataset.from_tensor_slices(source)
+    if shuffle:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size)
+    augment_layers = (augmentation or NO_AUGMENTATION).layers(seed)
+    augmenter = keras.Sequential(augment_layers, name="augment") if augment_layers else None
+
+    def prepare(x: Any) -> Any:
+        if augmenter is not None:
+            x = augmenter(x, training=True)
+        return to_model_input(x, contract)
+
+    if labels is None:
+        dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        dataset = dataset.map(lambda x, y: (prepare(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)

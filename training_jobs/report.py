@@ -1,0 +1,195 @@
+"""Evaluation reports: plots (matplotlib, Agg), Markdown and JSON, written to object storage.
+
+Layout: ``reports/<kind>/<id>/{report.json, report.md, confusion_matrix.png, roc_curves.png,
+reliability.png[, training_curves.png]}``. The figures are rendered from the metrics dictionary
+of ``training_jobs.evaluation`` plus the raw (y_true, probs) for the ROC curves, so a report
+always shows the numbers it was computed from.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cxr import INTENDED_USE
+from cxr.core.storage import ObjectStore
+from training_jobs.evaluation import HEADLINE
+
+log = logging.getLogger(__name__)
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and workers
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def confusion_matrix_png(matrix: Sequence[Sequence[int]], classes: Sequence[str]) -> bytes:
+    plt = _pyplot()
+    counts = np.asarray(matrix)
+    rows = counts.sum(axis=1, keepdims=True)
+    share = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=float), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(1.4 * len(classes) + 2, 1.4 * len(classes) + 1.5))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(counts):
+        ax.text(
+            j,
+            i,
+            f"{value}\n{share[i, j]:.0%}",
+            ha="center",
+            va="center",
+            color="white" if share[i, j] > 0.5 else "black",
+        )
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (count, share of true class)")
+    return _png(fig)
+
+
+def roc_png(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], per_class: Mapping) -> bytes:
+    from sklearn.metrics import roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for i, name in enumerate(classes):
+        positive = np.asarray(y_true) == i
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = roc_curve(positive, probs[:, i])
+        ax.plot(fpr, tpr, label=f"{name} (AUC {per_class[name]['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    ax.set_xlabel("1 - specificity (false-positive rate)")
+    ax.set_ylabel("sensitivity (true-positive rate)")
+    ax.set_title("ROC, one class vs the rest")
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def reliability_png(rows: Sequence[Mapping[str, float]], ece: float) -> bytes:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    centers = [(r["low"] + r["high"]) / 2 for r in rows]
+    width = rows[0]["high"] - rows[0]["low"] if rows else 0.1
+    ax.bar(centers, [r["accuracy"] for r in rows], width=width * 0.9, alpha=0.7, label="accuracy")
+    ax.plot(
+        [r["confidence"] for r in rows],
+        [r["accuracy"] for r in rows],
+        "o",
+        color="black",
+        label="bin mean confidence",
+    )
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability diagram (ECE {ece:.3f})")
+    ax.legend(loc="upper left")
+    return _png(fig)
+
+
+def training_curves_png(history: Mapping[str, Sequence[float]]) -> bytes:
+    """Loss and accuracy per epoch, training against validation."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = history.get(prefix + metric)
+            if values:
+                epochs = range(1, len(values) + 1)
+                ax.plot(epochs, values, style, marker="o", label=(prefix or "train_") + metric)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    return _png(fig)
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown(title: str, metrics: Mapping[str, Any], context: Mapping[str, Any]) -> str:
+    """A human-readable report: context, headline figures with CIs, per-class table, matrix."""
+    lines = [f"# {title}", "", f"**{INTENDED_USE}**", ""]
+    lines += [f"- {key}: {value}" for key, value in context.items()]
+    lines += [
+        "",
+        "## Headline figures (95% bootstrap CI)",
+        "",
+        "| metric | value | 95% CI |",
+        "|---|---|---|",
+    ]
+    for key in HEADLINE:
+        if key in metrics:
+            ci = metrics["ci95"].get(key)
+            interval = f"{ci[0]:.3f} – {ci[1]:.3f}" if ci else "n/a"
+            lines.append(f"| {key} | {_fmt(metrics[key])} | {interval} |")
+    lines.append(f"| expected calibration error | {_fmt(metrics['ece'])} | |")
+    lines += ["", "## Per class (one vs rest)", ""]
+    lines += [
+        "| class | N | precision | recall / sensitivity | specificity | F1 | AUC |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in metrics["per_class"].items():
+        cells = [row[k] for k in ("n", "precision", "recall", "specificity", "f1", "auc")]
+        lines.append(f"| {name} | " + " | ".join(_fmt(c) for c in cells) + " |")
+    classes = metrics["classes"]
+    lines += ["", "## Confusion matrix (rows true, columns predicted)", ""]
+    lines += ["| | " + " | ".join(classes) + " |", "|---" * (len(classes) + 1) + "|"]
+    for name, row in zip(classes, metrics["confusion_matrix"], strict=True):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    lines += [
+        "",
+        "![confusion matrix](confusion_matrix.png) ![ROC](roc_curves.png) ![reliability](reliability.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(
+    store: ObjectStore,
+    prefix: str,
+    *,
+    title: str,
+    metrics: Mapping[str, Any],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    context: Mapping[str, Any],
+    extra_files: Mapping[str, bytes] | None = None,
+) -> str:
+    """Write the JSON, Markdown and plots under ``prefix``; returns the report.json URI."""
+    classes = metrics["classes"]
+    files: dict[str, bytes] = {
+        "confusion_matrix.png": confusion_matrix_png(metrics["confusion_matrix"], classes),
+        "roc_curves.png": roc_png(y_true, probs, classes, metrics["per_class"]),
+        "reliability.png": reliability_png(metrics["reliability"], metrics["ece"]),
+        **(extra_files or {}),
+    }
+    for name, data in files.items():
+        store.put(f"{prefix}/{name}", data, content_type="image/png" if name.endswith(".png") else None)
+    store.put(f"{prefix}/report.md", markdown(title, metrics, context).encode(), content_type="text/markdown")
+    body = {"title": title, "intended_use": INTENDED_USE, "context": dict(context), "metrics": dict(metrics)}
+    uri = store.put(
+        f"{prefix}/report.json",
+        json.dumps(body, indent=2, default=str).encode(),
+        content_type="application/json",
+    )
+    log.info("report written to %s", uri)
+    return uri

@@ -1,0 +1,311 @@
+"""One training job, end to end: data → patient split → fit → test-split evaluation → report,
+SQL rows and (optionally) a published model version carrying its metrics.
+
+Training runs in two phases for pretrained application models: the new head alone on frozen
+ImageNet features, then (``fine_tune_layers`` > 0) the top layers of the base as well, at a tenth
+of the learning rate, so the large early gradients of a random head cannot wreck the pretrained
+features. Models trained from scratch (``weights=none``) train everything in one phase. Each phase
+stops early on validation loss and restores the best epoch's weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cxr.core.imaging import InputContract
+from cxr.core.settings import Settings
+from cxr.core.storage import open_store
+from modelstore.manifest import validate_alias, validate_name
+from training_jobs import records
+from training_jobs.architectures import BuiltModel, build_model, freeze_base, unfreeze_top
+from training_jobs.assess import assess, manifest_values
+from training_jobs.datasets import describe, load_dataset
+from training_jobs.pipeline import Augmentation, class_weights, make_dataset
+from training_jobs.report import training_curves_png
+from training_jobs.splits import DEFAULT_FRACTIONS, split_by_patient
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training job needs; stored as the run's ``params``."""
+
+    data: str
+    arch: str
+    classes: tuple[str, ...]
+    name: str
+    image_size: int = 224
+    epochs: int = 20
+    weights: str = "none"
+    fine_tune_layers: int = 0
+    fine_tune_epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    patience: int = 5
+    seed: int = 0
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    deterministic: bool = False
+    publish: bool = False
+    aliases: tuple[str, ...] = ()
+    limit: int | None = None
+    bootstrap_resamples: int = 1000
+    verbose: int = 2  # Keras fit verbosity: 1 progress bar, 2 one line per epoch
+
+    def params(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    report_uri: str
+    metrics: dict[str, Any]
+    model_ref: str | None  # NAME@VERSION when published
+    parameters: int
+    train_seconds: float
+    history: dict[str, list[float]]
+    runtime: dict[str, Any]
+
+
+def configure_runtime(seed: int, deterministic: bool) -> dict[str, Any]:
+    """Seeds, opt-in op determinism, and mixed precision only where a GPU can use it."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    gpus = tf.config.list_physical_devices("GPU")
+    policy = "mixed_float16" if gpus else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return {"gpus": len(gpus), "precision_policy": policy, "deterministic": deterministic}
+
+
+def _compile(built: BuiltModel, learning_rate: float) -> None:
+    import keras
+
+    loss = "binary_crossentropy" if built.output == "sigmoid" else "sparse_categorical_crossentropy"
+    built.model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
+
+
+def fit(
+    built: BuiltModel, train_ds: Any, val_ds: Any, config: TrainConfig, weights: dict[int, float]
+) -> dict:
+    """Both phases; returns the merged per-epoch history."""
+    import keras
+
+    def phase(epochs: int, initial_epoch: int) -> dict[str, list[float]]:
+        stop = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=config.patience, restore_best_weights=True
+        )
+        result = built.model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=initial_epoch + epochs,
+            initial_epoch=initial_epoch,
+            class_weight=weights,
+            callbacks=[stop],
+            verbose=config.verbose,
+            shuffle=False,  # the tf.data pipeline shuffles (seeded); Keras cannot shuffle a Dataset
+        )
+        return {k: [float(v) for v in values] for k, values in result.history.items()}
+
+    if built.pretrained:
+        freeze_base(built)
+    _compile(built, config.learning_rate)
+    history = phase(config.epochs, 0)
+    if built.pretrained and config.fine_tune_layers > 0 and config.fine_tune_epochs > 0:
+        unfrozen = unfreeze_top(built, config.fine_tune_layers)
+        log.info(
+            "fine-tuning the top %d layers (%d with weights) at lr %g",
+            config.fine_tune_layers,
+            unfrozen,
+            config.learning_rate / 10,
+        )
+        _compile(built, config.learning_rate / 10)
+        for key, values in phase(config.fine_tune_epochs, len(history["loss"])).items():
+            history.setdefault(key, []).extend(values)
+    return history
+
+
+def train(config: TrainConfig, settings: Settings) -> TrainResult:
+    """Run one job; the TrainingRun row ends ``finished`` or ``failed`` with the reason."""
+    validate_name(config.name)
+    for alias in config.aliases:
+        validate_alias(alias)
+    run_id = records.start_run(settings, name=config.name, architecture=config.arch, params=config.params())
+    log.info("training run %s: %s on %s", run_id, config.arch, config.data)
+    try:
+        return _train(run_id, config, settings)
+    except BaseException as exc:
+        records.update_run(settings, run_id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
+        raise
+
+
+def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
+    runtime = configure_runtime(config.seed, config.deterministic)
+    classes = [c.strip().lower() for c in config.classes]
+    built = build_model(
+        config.arch, image_size=config.image_size, num_classes=len(classes), weights=config.weights
+    )
+    contract = InputContract(
+        height=config.image_size,
+        width=config.image_size,
+        channels=built.channels,
+        normalization=built.normalization,
+    )
+    data = load_dataset(config.data, classes, contract, settings, limit=config.limit, seed=config.seed)
+    split = split_by_patient(data.patient_ids, data.labels, seed=config.seed, fractions=config.fractions)
+    for part in ("train", "val", "test"):
+        if split.indices(part).size == 0:
+            raise ValueError(f"the {part} split is empty: {len(data)} images are too few to split by patient")
+    records.update_run(settings, run_id, data_fingerprint=data.fingerprint, split=split.to_record(settings))
+
+    def subset(part: str) -> tuple[Any, Any]:
+        index = split.indices(part)
+        return data.images[index], data.labels[index]
+
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = subset("train"), subset("val"), subset("test")
+    weights = class_weights(y_train, len(classes))
+    log.info(
+        "split by patient: train %d, val %d, test %d images; class weights %s",
+        len(y_train),
+        len(y_val),
+        len(y_test),
+        weights,
+    )
+    common = {"output": built.output, "batch_size": config.batch_size, "seed": config.seed}
+    train_ds = make_dataset(
+        x_train, y_train, contract, augmentation=config.augmentation, shuffle=True, **common
+    )
+    val_ds = make_dataset(x_val, y_val, contract, **common)
+
+    started = time.monotonic()
+    history = fit(built, train_ds, val_ds, config, weights)
+    train_seconds = time.monotonic() - started
+
+    summary = describe(data)
+    context = {
+        "run": run_id,
+        "architecture": config.arch,
+        "weights": config.weights,
+        "data": config.data,
+        "data fingerprint": data.fingerprint,
+        "split": f"by patient, seed {config.seed}, fractions {list(config.fractions)}; evaluated on test",
+        "epochs run": len(history.get("loss", [])),
+        "train minutes": round(train_seconds / 60, 2),
+        "images per class and source": summary["per_class_and_source"] or "no source column",
+    }
+    prefix = f"reports/training/{run_id}"
+    result = assess(
+        built.model,
+        x_test,
+        y_test,
+        classes=classes,
+        contract=contract,
+        output=built.output,
+        settings=settings,
+        report_prefix=prefix,
+        title=f"{config.name}: {config.arch} on the test split",
+        context=context,
+        seed=config.seed,
+        n_resamples=config.bootstrap_resamples,
+        batch_size=config.batch_size,
+        extra_files={"training_curves.png": training_curves_png(history)},
+    )
+    metrics = result.metrics
+    dataset_label = f"{config.data} test split (by patient, seed {config.seed})"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = Path(tmp) / "model.keras"
+        built.model.save(model_file)
+        manifest = None
+        if config.publish:
+            manifest = _publish(
+                config,
+                model_file,
+                built,
+                contract,
+                classes,
+                metrics,
+                data.fingerprint,
+                dataset_label,
+                settings,
+            )
+        else:
+            uri = open_store(settings=settings).put(f"{prefix}/model.keras", model_file.read_bytes())
+            log.info("model not published; kept at %s", uri)
+
+    version = manifest.version if manifest else None
+    records.record_evaluation(
+        settings,
+        model_name=config.name,
+        model_version=version,
+        dataset=dataset_label,
+        data_fingerprint=data.fingerprint,
+        n_images=len(y_test),
+        metrics=manifest_values(metrics),
+        report_uri=result.report_uri,
+        training_run_id=run_id,
+    )
+    records.update_run(
+        settings,
+        run_id,
+        status="finished",
+        metrics=manifest_values(metrics),
+        report_uri=result.report_uri,
+        model_version=version,
+    )
+    return TrainResult(
+        run_id=run_id,
+        report_uri=result.report_uri,
+        metrics=metrics,
+        model_ref=manifest.ref if manifest else None,
+        parameters=int(built.model.count_params()),
+        train_seconds=train_seconds,
+        history=history,
+        runtime=runtime | {"dataset": summary},
+    )
+
+
+def _publish(
+    config: TrainConfig,
+    model_file: Path,
+    built: BuiltModel,
+    contract: InputContract,
+    classes: list[str],
+    metrics: dict[str, Any],
+    fingerprint: str,
+    dataset_label: str,
+    settings: Settings,
+) -> Any:
+    from modelstore import MetricRecord, open_model_store
+    from modelstore.loading import library_versions
+
+    store = open_model_store(settings)
+    parent = store.versions(config.name)
+    manifest = store.publish(
+        config.name,
+        model_file,
+        architecture=config.arch,
+        classes=classes,
+        input_contract=contract,
+        output=built.output,
+        gradcam_layer=built.gradcam_layer,
+        metrics=[MetricRecord(dataset=dataset_label, n=metrics["n"], values=manifest_values(metrics))],
+        training_data_fingerprint=fingerprint,
+        parent_version=parent[-1] if parent else None,
+        library_versions=library_versions(),
+        description=f"{config.arch} (weights {config.weights}) trained by cxr train, {config.epochs} epochs",
+        aliases=config.aliases,
+    )
+    log.info("published %s", manifest.ref)
+    return manifest
