@@ -13,10 +13,6 @@ from cxr.core.db.models import Evaluation, TrainingRun, new_id
 from cxr.core.db.session import session_scope
 from cxr.core.settings import Settings
 
-#: ``Evaluation.model_version`` of a model that was trained but not published; its file stays in
-#: the run's report folder (``reports/training/<run_id>/model.keras``).
-UNPUBLISHED_VERSION = 0
-
 
 def start_run(settings: Settings, *, name: str, architecture: str, params: dict[str, Any]) -> str:
     run_id = new_id()
@@ -54,7 +50,7 @@ def record_evaluation(
     with session_scope(settings) as session:
         row = Evaluation(
             model_name=model_name,
-            model_version=UNPUBLISHED_VERSION if model_version is None else model_version,
+            model_version=model_version,  # None: not published; the file stays with the report
             dataset=dataset,
             data_fingerprint=data_fingerprint,
             n_images=n_images,

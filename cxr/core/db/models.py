@@ -110,7 +110,8 @@ class Evaluation(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     model_name: Mapped[str] = mapped_column(String(64))
-    model_version: Mapped[int] = mapped_column(Integer)
+    #: None for a model that was trained but not published (its file stays with the run's report).
+    model_version: Mapped[int | None] = mapped_column(Integer)
     dataset: Mapped[str] = mapped_column(Text)
     data_fingerprint: Mapped[str | None] = mapped_column(String(64))
     n_images: Mapped[int] = mapped_column(Integer)
