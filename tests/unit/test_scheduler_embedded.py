@@ -1,0 +1,99 @@
+"""The main job on the embedded defaults: no broker, SQLite, local object store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from sqlalchemy import func, select
+
+from cxr.core.db.migrate import upgrade
+from cxr.core.db.models import Chunk, Job, JobImage, Prediction
+from cxr.core.db.session import dispose_engines, session_scope
+from cxr.core.settings import Settings
+from modelstore import open_model_store
+from scheduler.submit import submit
+from scheduler.summary import job_summary
+from tests import worker_support as support
+from tests.unit.test_cli_models import run_cxr
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    settings = Settings(data_dir=tmp_path / "cxr-data", inference_batch_size=4)
+    upgrade(settings=settings)
+    open_model_store(settings).publish(
+        "tiny", support.build_model(tmp_path / "tiny.keras"), architecture="tiny_cnn",
+        classes=support.CLASSES, input_contract=support.CONTRACT, output="softmax", aliases=["production"],
+    )  # fmt: skip
+    yield settings
+    dispose_engines()
+
+
+@pytest.fixture
+def archive(tmp_path):
+    root = tmp_path / "archive"
+    shutil.copytree(support.SAMPLE, root, ignore=shutil.ignore_patterns("*.csv", "*.md"))
+    (root / "covid" / "broken.png").write_bytes(support.CORRUPT)
+    return root
+
+
+def test_score_with_wait_json_from_a_shell(settings, archive, tmp_path):
+    report = tmp_path / "out" / "report.html"
+    out = run_cxr("score", str(archive), "--model", "tiny@production", "--chunk-size", "16", "--wait",
+                  "--json", "--report", str(report), data_dir=settings.data_dir)  # fmt: skip
+    summary = json.loads(out.stdout)
+    assert {k: summary[k] for k in ("model", "total", "scored", "skipped", "failed", "status")} == {
+        "model": "tiny@1", "total": 42, "scored": 41, "skipped": 0, "failed": 1, "status": "finished",
+    }  # fmt: skip
+    assert sum(summary["by_label"].values()) == 41
+    assert summary["failures"] == [
+        {
+            "uri": (archive / "covid" / "broken.png").as_uri(),
+            "stage": "decode",
+            "reason": summary["failures"][0]["reason"],
+        }
+    ]
+    assert "not a recognised image" in summary["failures"][0]["reason"]
+    page = report.read_text()
+    assert "Research use only" in page and "Scoring job" in page and summary["job_id"] in page
+    csv_path = summary["report_files"]["csv"].removeprefix("file://")
+    with open(csv_path) as stream:
+        lines = stream.read().splitlines()
+    assert len(lines) == 43 and lines[0].startswith("uri,sha256,outcome,label,confidence,p_covid")
+
+    again = json.loads(run_cxr("score", str(archive), "--model", "tiny@production", "--wait", "--json",
+                               data_dir=settings.data_dir).stdout)  # fmt: skip
+    assert again["job_id"] != summary["job_id"]  # the first job had finished: a new job...
+    assert (again["scored"], again["skipped"], again["failed"]) == (0, 41, 1)  # ...that scores nothing
+    assert again["by_label"] == summary["by_label"]
+
+
+def test_a_submission_killed_midway_resumes_and_scores_each_image_once(settings, archive):
+    class SchedulerKilled(Exception):
+        pass
+
+    def die_after_three_chunks(walked: int, sent: int) -> None:
+        if sent == 3:
+            raise SchedulerKilled
+
+    with pytest.raises(SchedulerKilled):
+        submit(settings, str(archive), "tiny@production", chunk_size=5, on_progress=die_after_three_chunks)
+    with session_scope(settings) as session:
+        job = session.scalars(select(Job)).one()
+        assert job.status.value == "pending" and job.scored + job.failed == 15
+
+    resumed = submit(settings, str(archive), "tiny@production", chunk_size=5)
+    assert resumed.resumed and resumed.job_id == job.id and resumed.chunks_sent == 6
+    summary = job_summary(settings, job.id)
+    assert (summary["status"], summary["total"], summary["scored"], summary["failed"]) == (
+        "finished",
+        42,
+        41,
+        1,
+    )
+    with session_scope(settings) as session:
+        assert session.scalar(select(func.count()).select_from(Prediction)) == 41
+        assert session.scalar(select(func.count()).select_from(JobImage)) == 42
+        assert session.scalar(select(func.max(Chunk.deliveries))) == 1  # no chunk ran twice
