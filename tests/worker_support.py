@@ -9,9 +9,12 @@ import os
 import secrets
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cxr.core.db.models import Job, JobStatus
@@ -136,3 +139,21 @@ def start_worker(settings: Settings, data_dir: Path, log_path: Path) -> subproce
 
 def worker_ready(log_path: Path) -> bool:
     return b" ready." in log_path.read_bytes()
+
+
+def wait_for(
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    process: subprocess.Popen | None = None,
+    log_path: Path | None = None,
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        if process is not None and process.poll() is not None:
+            break
+        time.sleep(0.3)
+    tail = log_path.read_text(errors="replace")[-3000:] if log_path else ""
+    pytest.fail(f"timed out waiting for {what}\n{tail}")

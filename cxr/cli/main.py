@@ -40,3 +40,7 @@ cli.add_command(score)
 cli.add_command(jobs)
 cli.add_command(train)
 cli.add_command(evaluate)
+
+
+if __name__ == "__main__":
+    cli()

@@ -8,82 +8,24 @@ in-process forward pass.
 from __future__ import annotations
 
 import hashlib
-import secrets
-import subprocess
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from cxr.core.db.migrate import upgrade
 from cxr.core.db.models import Chunk, Failure, Job, Prediction
-from cxr.core.db.session import dispose_engines, session_scope
+from cxr.core.db.session import session_scope
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store
 from modelstore import open_model_store
-from tests import services
 from tests import worker_support as support
 from worker.app import CLASSIFY_CHUNK, make_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_GOOD = 6
-
-
-@pytest.fixture
-def settings(s3_settings: Settings, pg_url: str, redis_url: str, tmp_path: Path) -> Iterator[Settings]:
-    settings = s3_settings.model_copy(
-        update={
-            "database_url": pg_url,
-            "broker_url": redis_url,
-            "broker_key_prefix": f"cxr-test-{services.RUN_ID}-{secrets.token_hex(3)}:",
-            "metrics_port": services.free_port(),
-            "inference_batch_size": 4,
-            "model_cache_dir": tmp_path / "test-model-cache",
-        }
-    )
-    upgrade(settings=settings)
-    yield settings
-    dispose_engines()
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    for key in client.scan_iter(match=f"{settings.broker_key_prefix}*"):
-        client.delete(key)
-
-
-@pytest.fixture
-def celery_worker(settings: Settings, tmp_path: Path) -> Iterator[Path]:
-    """``celery -A worker worker -Q gpu -P solo`` as a subprocess; yields its log file."""
-    log_path = tmp_path / "worker.log"
-    process = support.start_worker(settings, tmp_path / "worker-data", log_path)
-    try:
-        wait_for(lambda: support.worker_ready(log_path), 90, "worker ready", process, log_path)
-        yield log_path
-    finally:
-        services.stop_process(process)
-
-
-def wait_for(
-    condition: Callable[[], bool],
-    timeout: float,
-    what: str,
-    process: subprocess.Popen | None = None,
-    log_path: Path | None = None,
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        if process is not None and process.poll() is not None:
-            break
-        time.sleep(0.3)
-    tail = log_path.read_text(errors="replace")[-3000:] if log_path else ""
-    pytest.fail(f"timed out waiting for {what}\n{tail}")
 
 
 def scored_total(port: int) -> float:
@@ -113,7 +55,8 @@ def chunk_deliveries(settings: Settings, job_id: str) -> int:
         return session.scalar(select(Chunk.deliveries).where(Chunk.job_id == job_id)) or 0
 
 
-def test_real_worker_scores_a_chunk_from_s3_into_postgres(settings, celery_worker, tmp_path):
+def test_real_worker_scores_a_chunk_from_s3_into_postgres(cluster_settings, celery_worker, tmp_path):
+    settings = cluster_settings
     model_file = support.build_model(tmp_path / "tiny.keras")
     manifest = open_model_store(settings).publish(
         "worker-it", model_file, architecture="tiny_cnn", classes=support.CLASSES,
@@ -131,7 +74,7 @@ def test_real_worker_scores_a_chunk_from_s3_into_postgres(settings, celery_worke
     app = make_app(settings)
     kwargs = {"job_id": job_id, "model": model, "uris": uris, "chunk_seq": 0}
     app.send_task(CLASSIFY_CHUNK, kwargs=kwargs)
-    wait_for(
+    support.wait_for(
         lambda: sum(job_state(settings, job_id)) == len(uris), 180, "job counters", log_path=celery_worker
     )
 
@@ -152,7 +95,9 @@ def test_real_worker_scores_a_chunk_from_s3_into_postgres(settings, celery_worke
     assert failure.image_uri == uris[-1] and failure.stage == "decode" and failure.reason
 
     app.send_task(CLASSIFY_CHUNK, kwargs=kwargs)  # a redelivery of the same chunk
-    wait_for(lambda: tasks_succeeded(celery_worker) == 2, 60, "second delivery", log_path=celery_worker)
+    support.wait_for(
+        lambda: tasks_succeeded(celery_worker) == 2, 60, "second delivery", log_path=celery_worker
+    )
     assert chunk_deliveries(settings, job_id) == 2
     assert job_state(settings, job_id) == (N_GOOD, 1)
     with session_scope(settings) as session:
