@@ -19,11 +19,29 @@ from kombu import Queue
 from cxr.core.settings import Settings, get_settings
 
 CLASSIFY_CHUNK = "cxr.classify_chunk"
+RETRAIN = "cxr.retrain"
 
 #: gpu: classification and explanation (one worker process per GPU); train: training runs;
 #: default: everything light (bookkeeping, reports).
 QUEUES = ("gpu", "train", "default")
-ROUTES = {CLASSIFY_CHUNK: {"queue": "gpu"}}
+ROUTES = {CLASSIFY_CHUNK: {"queue": "gpu"}, RETRAIN: {"queue": "train"}}
+
+
+def beat_schedule(settings: Settings) -> dict[str, Any]:
+    """The retraining entry for ``celery -A worker beat``, from ``CXR_RETRAIN_SCHEDULE``."""
+    if not settings.retrain_schedule:
+        return {}
+    from celery.schedules import crontab
+
+    fields = settings.retrain_schedule.split()
+    if len(fields) != 5:
+        raise ValueError(
+            f"CXR_RETRAIN_SCHEDULE must be a crontab 'minute hour day-of-month month day-of-week', "
+            f"got {settings.retrain_schedule!r}"
+        )
+    minute, hour, day_of_month, month, day_of_week = fields
+    schedule = crontab(minute, hour, day_of_week, day_of_month, month)
+    return {"retrain": {"task": RETRAIN, "schedule": schedule, "options": {"queue": "train"}}}
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -54,6 +72,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "include": ["worker.tasks"],
+        "beat_schedule": beat_schedule(settings),
+        "timezone": "UTC",
     }
 
 

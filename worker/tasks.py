@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 import worker.lifecycle  # noqa: F401  (connects the worker-process signal handlers)
 from cxr.core.errors import StorageUnavailable, TransientError
 from cxr.core.settings import Settings, get_settings
-from worker.app import CLASSIFY_CHUNK, app
+from worker.app import CLASSIFY_CHUNK, RETRAIN, app
 from worker.chunk import run_classify_chunk
 from worker.results import give_up_chunk
 
@@ -63,3 +63,15 @@ def classify_chunk(self: Task, job_id: str, model: dict[str, Any], uris: list[st
         log.warning("chunk %s/%d: %s; retry %d in %.1f s", job_id, chunk_seq, exc, retries + 1, delay)
         raise self.retry(exc=exc, countdown=delay) from exc
     return report.as_dict()
+
+
+@app.task(name=RETRAIN, acks_late=False)
+def retrain() -> dict:
+    """Scheduled retraining (queue ``train``): train, publish, then the promotion gate.
+
+    Not ``acks_late``: a training run that dies is not worth replaying automatically hours
+    later; the next scheduled run starts fresh, and the failed run is recorded as such.
+    """
+    from scheduler.retraining import retrain as run_retraining
+
+    return run_retraining(get_settings()).as_dict()

@@ -13,6 +13,7 @@ from cxr.cli.config_cmd import config
 from cxr.cli.db_cmd import db
 from cxr.cli.jobs_cmd import jobs
 from cxr.cli.models_cmd import models
+from cxr.cli.retrain_cmd import retrain
 from cxr.cli.score_cmd import score
 from cxr.cli.train_cmd import evaluate, train
 
@@ -40,6 +41,7 @@ cli.add_command(score)
 cli.add_command(jobs)
 cli.add_command(train)
 cli.add_command(evaluate)
+cli.add_command(retrain)
 
 
 if __name__ == "__main__":

@@ -65,10 +65,13 @@ def show(ref: str, as_json: bool) -> None:
     store = _store()
     resolved = store.resolve(ref)
     manifest = store.manifest(resolved.name, resolved.version)
+    from scheduler.retraining import decisions
+
     data = {
         "resolved": resolved.to_dict(),
         "aliases": store.aliases(resolved.name),
         "manifest": manifest.model_dump(mode="json"),
+        "promotion_decisions": decisions(ready_settings(), resolved.name),
     }
     if as_json:
         emit_json(data)
@@ -85,6 +88,12 @@ def show(ref: str, as_json: bool) -> None:
         headline = {k: v for k, v in record.values.items() if isinstance(v, int | float)}
         click.echo(f"  metrics   {record.dataset} (n={record.n}): {headline}")
     click.echo(f"  use       {manifest.intended_use}")
+    for d in data["promotion_decisions"]:
+        verdict = "PROMOTED" if d["promoted"] else "kept current"
+        click.echo(
+            f"  gate      {d['created_at'][:19]} v{d['candidate_version']} vs v{d['incumbent_version']} "
+            f"on {d['metric']}: {d['candidate_value']} vs {d['incumbent_value']} → {verdict} ({d['reason']})"
+        )
 
 
 @models.command()
@@ -149,3 +158,29 @@ def import_(
         )
     else:
         click.echo(f"registered {manifest.ref} (sha256 {manifest.sha256[:12]}…)")
+
+
+@models.command()
+@click.argument("name")
+@click.argument("version", type=int)
+@click.option("--data", "eval_data", required=True, help="The fixed evaluation set (folder, CSV, s3://).")
+@click.option("--alias", default=None, help="Alias to move if not worse (default CXR_PROMOTION_ALIAS).")
+@click.option("--metric", default=None, help="Metric to compare (default CXR_PROMOTION_METRIC).")
+@click.option("--margin", type=float, default=None, help="Tolerance (default CXR_PROMOTION_MARGIN).")
+@json_option
+@handle_errors
+def gate(
+    name: str, version: int, eval_data: str, alias: str | None, metric: str | None, margin: float | None,
+    as_json: bool,
+) -> None:  # fmt: skip
+    """Promote VERSION of NAME to the alias only if it is not worse than the current holder."""
+    from scheduler.retraining import promotion_gate
+
+    result = promotion_gate(
+        ready_settings(), name, version, eval_data=eval_data, alias=alias, metric=metric, margin=margin
+    )
+    if as_json:
+        emit_json(result.as_dict())
+    else:
+        verdict = "promoted" if result.promoted else "not promoted"
+        click.echo(f"{name}@{version} {verdict} to {result.alias}: {result.reason}")

@@ -128,6 +128,38 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 
+    # ---- scheduled retraining (Celery beat → queue 'train') --------------------------------
+    retrain_schedule: str | None = Field(
+        default=None,
+        description="Crontab 'minute hour day-of-month month day-of-week' (e.g. '0 3 * * 0' = "
+        "Sundays 03:00 UTC) on which beat sends a retraining task. Unset: no scheduled retraining.",
+    )
+    retrain_data: str | None = Field(
+        default=None, description="Training data for scheduled runs: folder, manifest CSV or s3://."
+    )
+    retrain_eval_data: str | None = Field(
+        default=None,
+        description="The fixed evaluation set on which a new model must not be worse than the "
+        "current one. Keep it apart from the training data.",
+    )
+    retrain_model_name: str = Field(default="cxr", description="Model name scheduled runs publish.")
+    retrain_arch: str = Field(default="mobilenetv2", description="Architecture for scheduled runs.")
+    retrain_weights: str = Field(default="none", description="none | imagenet | PATH to a weights file.")
+    retrain_classes: str = Field(default="covid,normal,pneumonia", description="Classes, comma-separated.")
+    retrain_image_size: int = Field(default=224, ge=16, description="Input size for scheduled runs.")
+    retrain_epochs: int = Field(default=20, ge=1, description="Epoch limit (early stopping applies).")
+    promotion_alias: str = Field(default="production", description="The alias the gate may move.")
+    promotion_metric: str = Field(
+        default="macro_f1",
+        description="Metric the gate compares (a headline figure: macro_f1, macro_auc, accuracy, "
+        "covid_auc, covid_sensitivity, ...); higher is better.",
+    )
+    promotion_margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="The candidate is promoted if its metric >= the current model's - margin.",
+    )
+
     @field_validator("storage_url")
     @classmethod
     def _storage_scheme(cls, value: str | None) -> str | None:

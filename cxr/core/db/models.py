@@ -254,3 +254,29 @@ class Failure(Base):
     stage: Mapped[str] = mapped_column(String(16))  # fetch | decode | preprocess | infer | write
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PromotionDecision(Base):
+    """Whether a candidate version took over an alias, and the figures that decided it.
+
+    Both figures are measured on the same evaluation set (same data fingerprint), so the
+    comparison is like for like.
+    """
+
+    __tablename__ = "promotion_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    alias: Mapped[str] = mapped_column(String(32))
+    candidate_version: Mapped[int] = mapped_column(Integer)
+    incumbent_version: Mapped[int | None] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(64))
+    candidate_value: Mapped[float | None] = mapped_column(Float)
+    incumbent_value: Mapped[float | None] = mapped_column(Float)
+    margin: Mapped[float] = mapped_column(Float)
+    promoted: Mapped[bool] = mapped_column(default=False)
+    reason: Mapped[str] = mapped_column(Text)
+    eval_dataset: Mapped[str] = mapped_column(Text)
+    eval_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    training_run_id: Mapped[str | None] = mapped_column(ForeignKey("training_runs.id"))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
