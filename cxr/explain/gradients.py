@@ -3,12 +3,16 @@
 Gradients are taken of the *sum* of the per-image scores. In inference mode images do not
 interact, so d(sum_i s_i)/dA_j = ds_j/dA_j: each image keeps its own gradients. (A popular
 Grad-CAM example averages the gradients over the batch axis instead, which is only right for a
-batch of one.) Another backend (JAX's ``grad``, PyTorch's ``autograd``) would be added here.
+batch of one.) The step is compiled with ``tf.function`` once per probe, score and output kind:
+an eager backward pass through a deep network costs more in Python than in arithmetic. Another
+backend (JAX's ``grad``, PyTorch's ``autograd``) would be added here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -34,20 +38,34 @@ def run_probe(
 
     if keras.backend.backend() != "tensorflow":
         raise RuntimeError(f"explanations need the tensorflow backend, not {keras.backend.backend()!r}")
+    score.check(probe.classes)
+    key = (score, output, with_gradients)
+    if key not in probe.compiled:
+        probe.compiled[key] = _compile(probe, score, output, with_gradients)
+    activations, gradients, probabilities, targets = probe.compiled[key](np.asarray(inputs, dtype=np.float32))
+    return Forward(
+        np.asarray(activations),
+        None if gradients is None else np.asarray(gradients),
+        np.asarray(probabilities, dtype=np.float32),
+        np.asarray(targets, dtype=np.int64),
+    )
+
+
+def _compile(probe: Probe, score: ClassScore, output: OutputKind, with_gradients: bool) -> Callable[..., Any]:
     import tensorflow as tf
 
-    batch = tf.convert_to_tensor(np.asarray(inputs, dtype=np.float32))
-    if not with_gradients:
-        activations, _, probabilities = probe.model(batch, training=False)
-        probs = np.asarray(probabilities, dtype=np.float32)
-        return Forward(np.asarray(activations), None, probs, score.targets(probs, output))
-    with tf.GradientTape() as tape:
-        activations, head, probabilities = probe.model(batch, training=False)
-        probs = np.asarray(probabilities, dtype=np.float32)
-        targets = score.targets(probs, output)
-        total = tf.reduce_sum(score(head, targets, output, probe.head_kind))
-    gradients = tape.gradient(total, activations)
-    acts = np.asarray(activations)
-    # None when the score does not depend on the layer at all: that is a zero gradient
-    grads = np.zeros_like(acts) if gradients is None else np.asarray(gradients)
-    return Forward(acts, grads, probs, targets)
+    @tf.function(reduce_retracing=True)
+    def step(batch: Any) -> tuple[Any, Any, Any, Any]:
+        if not with_gradients:
+            activations, _, probabilities = probe.model(batch, training=False)
+            return activations, None, probabilities, score.targets(probabilities, output)
+        with tf.GradientTape() as tape:
+            activations, head, probabilities = probe.model(batch, training=False)
+            targets = score.targets(tf.stop_gradient(probabilities), output)
+            total = tf.reduce_sum(score(head, targets, output, probe.head_kind))
+        gradients = tape.gradient(total, activations)
+        if gradients is None:  # the score does not depend on the layer: a zero gradient
+            gradients = tf.zeros_like(activations)
+        return activations, gradients, probabilities, targets
+
+    return step

@@ -7,7 +7,7 @@ Keras 3 only, no backend calls: the gradient code in ``gradients`` runs whatever
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cxr.explain.scores import HeadKind
@@ -24,6 +24,14 @@ class Probe:
     model: Any
     layer: str
     head_kind: HeadKind
+    #: compiled step functions, filled by ``gradients`` (one per score/output/gradient choice)
+    compiled: dict[Any, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def classes(self) -> int:
+        """Units of the model's output (1 for a sigmoid model, which has two classes)."""
+        units = int(self.model.outputs[2].shape[-1])
+        return 2 if units == 1 else units
 
 
 def build_probe(model: Any, layer: str) -> Probe:

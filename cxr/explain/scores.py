@@ -23,25 +23,30 @@ class ClassScore:
 
     class_index: int | None = None
 
-    def targets(self, probabilities: np.ndarray, output: OutputKind) -> np.ndarray:
-        """The class index explained for each image, shape (N,)."""
-        count = len(probabilities)
-        if self.class_index is not None:
-            classes = 2 if output == "sigmoid" else probabilities.shape[-1]
-            if not 0 <= self.class_index < classes:
-                raise ValueError(f"class index {self.class_index} is outside 0..{classes - 1}")
-            return np.full(count, self.class_index, dtype=np.int64)
-        return predicted_classes(probabilities, output)
+    def check(self, classes: int) -> None:
+        """Refuse a class index the model does not have, before any tensor is built."""
+        if self.class_index is not None and not 0 <= self.class_index < classes:
+            raise ValueError(f"class index {self.class_index} is outside 0..{classes - 1}")
 
-    def __call__(self, head: Any, targets: np.ndarray, output: OutputKind, head_kind: HeadKind) -> Any:
+    def targets(self, probabilities: Any, output: OutputKind) -> Any:
+        """The class index explained for each image, an int32 tensor (N,), in backend ops so
+        that the whole scoring step can be compiled."""
+        from keras import ops
+
+        if self.class_index is not None:
+            return ops.zeros_like(probabilities[:, 0], dtype="int32") + self.class_index
+        if output == "sigmoid":
+            return ops.cast(probabilities[:, 0] >= 0.5, "int32")
+        return ops.cast(ops.argmax(probabilities, axis=-1), "int32")
+
+    def __call__(self, head: Any, targets: Any, output: OutputKind, head_kind: HeadKind) -> Any:
         """The per-image score tensor (N,) picked from the model head with backend-neutral ops."""
         from keras import ops
 
         if output == "softmax":
-            picked = ops.take_along_axis(head, ops.convert_to_tensor(targets[:, None]), axis=1)
-            return picked[:, 0]
+            return ops.take_along_axis(head, ops.expand_dims(targets, 1), axis=1)[:, 0]
         unit = head[:, 0]
-        positive = ops.convert_to_tensor(targets == 1)
+        positive = ops.equal(targets, 1)
         if head_kind == "logits":
             return ops.where(positive, unit, -unit)
         return ops.where(positive, unit, 1.0 - unit)
