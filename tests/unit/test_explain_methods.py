@@ -109,3 +109,14 @@ def test_unknown_layer_class_and_method_are_clear_errors(sigmoid_model):
         explainer.explain([image], class_name="flu")
     with pytest.raises(ValueError, match="unknown explanation method"):
         make_method("lime", sigmoid_model)
+
+
+def test_importing_the_library_and_the_cli_loads_no_keras():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, cxr.cli.main, cxr.explain.explainer, cxr.explain.render, cxr.explain.artifacts; "
+        "assert not {'keras', 'tensorflow'} & set(sys.modules), 'keras imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
