@@ -11,6 +11,7 @@ import click
 from cxr import __version__
 from cxr.cli.config_cmd import config
 from cxr.cli.db_cmd import db
+from cxr.cli.explain_cmd import explain
 from cxr.cli.jobs_cmd import jobs
 from cxr.cli.models_cmd import models
 from cxr.cli.retrain_cmd import retrain
@@ -36,6 +37,7 @@ def cli(verbose: bool) -> None:
 
 cli.add_command(config)
 cli.add_command(db)
+cli.add_command(explain)
 cli.add_command(models)
 cli.add_command(score)
 cli.add_command(jobs)

@@ -1,0 +1,110 @@
+"""Decoded radiographs → one ``ImageExplanation`` each: prediction, heatmap, regions, shortcut
+score. The glue the worker, training evaluation and the CLI share, so they explain alike.
+
+Images are preprocessed with THE preprocessing function and the model's own input contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cxr.core.imaging import InputContract, preprocess
+from cxr.explain.geometry import Placement, placement
+from cxr.explain.methods import ExplanationMethod
+from cxr.explain.regions import DEFAULT_MAX_REGIONS, DEFAULT_THRESHOLD, Region, regions_of_interest
+from cxr.explain.scores import ClassScore, class_probabilities, predicted_classes
+from cxr.explain.shortcut import CENTRAL_MARGIN, shortcut_score
+
+
+@dataclass(frozen=True)
+class ImageExplanation:
+    """Everything learnt about one image; ``summary()`` is its JSON form."""
+
+    method: str
+    layer: str
+    label: str
+    explained_class: str
+    probabilities: dict[str, float]
+    heatmap: np.ndarray  # (h, w) in [0, 1] at the layer's resolution
+    placement: Placement
+    rois: list[Region]
+    shortcut_score: float
+    channels: np.ndarray | None = None  # (k, h, w), feature maps only
+    channel_indices: np.ndarray | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "layer": self.layer,
+            "label": self.label,
+            "explained_class": self.explained_class,
+            "probabilities": self.probabilities,
+            "rois": [region.to_dict() for region in self.rois],
+            "shortcut_score": round(self.shortcut_score, 6),
+            "image_size": [self.placement.original_width, self.placement.original_height],
+            "heatmap_size": [int(self.heatmap.shape[1]), int(self.heatmap.shape[0])],
+        }
+
+
+class Explainer:
+    """One model, its classes and input contract, and one explanation method."""
+
+    def __init__(
+        self,
+        method: ExplanationMethod,
+        *,
+        classes: Sequence[str],
+        contract: InputContract,
+        threshold: float = DEFAULT_THRESHOLD,
+        max_regions: int = DEFAULT_MAX_REGIONS,
+        margin: float = CENTRAL_MARGIN,
+    ) -> None:
+        self.method = method
+        self.classes = list(classes)
+        self.contract = contract
+        self.threshold = threshold
+        self.max_regions = max_regions
+        self.margin = margin
+
+    def class_index(self, class_name: str | None) -> int | None:
+        """The output index of ``class_name`` (None: each image's predicted class)."""
+        if class_name is None:
+            return None
+        if class_name not in self.classes:
+            raise ValueError(f"unknown class {class_name!r}; the model's classes are {self.classes}")
+        return self.classes.index(class_name)
+
+    def explain(
+        self, images: Sequence[np.ndarray], *, class_name: str | None = None, layer: str | None = None
+    ) -> list[ImageExplanation]:
+        """Explain float32 (H, W) [0, 1] images at their original sizes."""
+        batch = np.stack([preprocess(pixels, self.contract) for pixels in images])
+        result = self.method(ClassScore(self.class_index(class_name)), batch, layer)
+        probabilities = class_probabilities(result.probabilities, self.method.output)
+        predicted = predicted_classes(result.probabilities, self.method.output)
+        explained = []
+        for i, pixels in enumerate(images):
+            where = placement(self.contract, *pixels.shape)
+            heatmap = result.maps[i]
+            explained.append(
+                ImageExplanation(
+                    method=result.method,
+                    layer=result.layer,
+                    label=self.classes[int(predicted[i])],
+                    explained_class=self.classes[int(result.targets[i])],
+                    probabilities=dict(zip(self.classes, map(float, probabilities[i]), strict=True)),
+                    heatmap=heatmap,
+                    placement=where,
+                    rois=regions_of_interest(
+                        heatmap, where, threshold=self.threshold, max_regions=self.max_regions
+                    ),
+                    shortcut_score=shortcut_score(heatmap, where, self.margin),
+                    channels=None if result.channels is None else result.channels[i],
+                    channel_indices=None if result.channel_indices is None else result.channel_indices[i],
+                )
+            )
+        return explained
