@@ -3,8 +3,7 @@ model's resolution can be carried back to ORIGINAL-image pixels.
 
 'stretch' fills the whole input; 'pad' letterboxes: the image is scaled by
 ``min(W/w, H/h)`` to ``round(w*s) × round(h*s)`` (at least 1) and pasted at
-``((W - w')//2, (H - h')//2)``. That arithmetic mirrors ``cxr.core.imaging.preprocess.resize_gray``
-and a unit test checks the two against each other on real ``preprocess`` output.
+``((W - w')//2, (H - h')//2)``, computed by the same ``letterbox`` function ``preprocess`` uses.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cxr.core.imaging import InputContract
+from cxr.core.imaging.preprocess import letterbox
 from cxr.explain.maps import upsample
 
 
@@ -45,13 +45,10 @@ def placement(contract: InputContract, original_height: int, original_width: int
     if contract.resize == "stretch":
         return Placement(contract.height, contract.width, 0, 0, contract.height, contract.width,
                          original_height, original_width)  # fmt: skip
-    scale = min(contract.width / original_width, contract.height / original_height)
-    width = max(1, round(original_width * scale))
-    height = max(1, round(original_height * scale))
+    top, left, height, width = letterbox(contract.height, contract.width, original_height, original_width)
     return Placement(
-        contract.height, contract.width, (contract.height - height) // 2, (contract.width - width) // 2,
-        height, width, original_height, original_width,
-    )  # fmt: skip
+        contract.height, contract.width, top, left, height, width, original_height, original_width
+    )
 
 
 def content_map(heatmap: np.ndarray, where: Placement) -> np.ndarray:

@@ -17,16 +17,27 @@ _IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 _CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
+def letterbox(
+    height: int, width: int, original_height: int, original_width: int
+) -> tuple[int, int, int, int]:
+    """Where 'pad' puts an image inside a height×width input: (top, left, content_h, content_w).
+
+    Explanations use the same function to carry maps and boxes back to original pixels.
+    """
+    scale = min(width / original_width, height / original_height)
+    content_w, content_h = max(1, round(original_width * scale)), max(1, round(original_height * scale))
+    return (height - content_h) // 2, (width - content_w) // 2, content_h, content_w
+
+
 def resize_gray(pixels: np.ndarray, height: int, width: int, mode: str = "stretch") -> np.ndarray:
     """Resize a float [0, 1] gray image; Pillow's filter antialiases when shrinking."""
     source = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F")
     if mode == "stretch":
         return np.asarray(source.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
-    scale = min(width / source.width, height / source.height)
-    new_w, new_h = max(1, round(source.width * scale)), max(1, round(source.height * scale))
-    inner = source.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    top, left, content_h, content_w = letterbox(height, width, source.height, source.width)
+    inner = source.resize((content_w, content_h), Image.Resampling.BILINEAR)
     canvas = Image.new("F", (width, height), 0.0)
-    canvas.paste(inner, ((width - new_w) // 2, (height - new_h) // 2))
+    canvas.paste(inner, (left, top))
     return np.asarray(canvas, dtype=np.float32)
 
 
