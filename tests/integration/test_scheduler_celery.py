@@ -90,6 +90,9 @@ def test_a_killed_scheduler_is_resumed_and_every_image_scored_once(cluster_setti
     first = cxr(settings, tmp_path / "cli", "score", str(archive), "--model", "sched-kill@production",
                 "--chunk-size", "1", start_new_session=True)  # fmt: skip
     support.wait_for(lambda: chunks_sent() >= 20 or first.poll() is not None, 120, "the first chunks")
+    if first.poll() is not None:
+        pytest.fail(f"the scheduler ended (rc {first.returncode}) before it could be killed: "
+                    f"{first.stderr.read().decode(errors='replace')[-2000:]}")  # fmt: skip
     os.killpg(first.pid, signal.SIGKILL)  # the scheduler dies mid-submit
     first.wait()
     sent_before_kill = chunks_sent()
