@@ -84,6 +84,46 @@ def _label_chart(by_label: dict[str, int]) -> str:
     return _png_data_uri(buffer.getvalue())
 
 
+def _shortcut_chart(scores: list[float], threshold: float) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 2.6), dpi=100)
+    ax.hist(scores, bins=[i / 20 for i in range(21)], color="#7d3c98")
+    ax.axvline(threshold, color="#c0392b", linestyle="--", label=f"alert above {threshold}")
+    ax.axvline(0.4375, color="#888", linestyle=":", label="uniform heatmap (0.44)")
+    ax.set_xlabel("share of heatmap energy outside the chest box")
+    ax.set_ylabel("images")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return _png_data_uri(buffer.getvalue())
+
+
+def _shortcut_section(settings: Settings, job: Job, summary: dict[str, Any]) -> str:
+    from scheduler.summary import shortcut_scores
+
+    shortcut = summary["shortcut"]
+    if not shortcut["count"]:
+        return (
+            "<p>No explained image of this job has a non-empty heatmap (explain with "
+            "<code>--explain positives</code> or <code>all</code>).</p>"
+        )
+    chart = _shortcut_chart(shortcut_scores(settings, job), shortcut["threshold"])
+    return (
+        f'<img src="{chart}" alt="shortcut score histogram"><p>{shortcut["count"]} explained images: '
+        f"mean {shortcut['mean']:.3f}, median {shortcut['median']:.3f}, "
+        f"{100 * shortcut['share_above']:.0f}% above {shortcut['threshold']}. A high score means the "
+        "model's evidence lies at the borders (markers, burned-in text), not in the lungs; "
+        "see docs/EXPLANATIONS.md for the method and its limits.</p>"
+    )
+
+
 def _thumbnail(uri: str, settings: Settings) -> str | None:
     from PIL import Image
 
@@ -200,6 +240,7 @@ trained on small public datasets; they are not diagnoses.</p>
 <h2>Counts</h2><table>{counts}</table>
 <h2>Label distribution</h2>{chart}<table>{label_table}</table>
 <h2>Most confident positives</h2>{_gallery(settings, job_row, rows)}
+<h2>Shortcut score</h2>{_shortcut_section(settings, job_row, summary)}
 <h2>Failures by reason</h2>{failure_table}
 <h2>Model card</h2><ul>{card}</ul>
 </body></html>"""

@@ -91,6 +91,7 @@ def submit(
     *,
     chunk_size: int | None = None,
     explain: ExplainMode = "none",
+    explain_method: str = "gradcam",
     on_progress: ProgressCallback | None = None,
 ) -> Submitted:
     """Create (or resume) the job and enqueue every chunk; returns once all are sent.
@@ -105,7 +106,8 @@ def submit(
     job_id = find_resumable_job(settings, source, model, explain)
     resumed = job_id is not None
     if job_id is None:
-        job_id = create_job(settings, source, model, {"explain": explain, "chunk_size": chunk_size})
+        options = {"explain": explain, "explain_method": explain_method, "chunk_size": chunk_size}
+        job_id = create_job(settings, source, model, options)
     else:
         log.info("resuming job %s (%s with %s)", job_id, source, model.ref)
         chunk_size = _stored_chunk_size(settings, job_id, chunk_size)

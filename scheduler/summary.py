@@ -10,10 +10,11 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
-from cxr.core.db.models import Failure, Job, JobImage, Prediction
+from cxr.core.db.models import Artifact, Failure, Job, JobImage, Prediction
 from cxr.core.db.session import session_scope
 from cxr.core.errors import PermanentError
 from cxr.core.settings import Settings
+from cxr.explain.shortcut import summarize_shortcut_scores
 
 PREDICTION_KIND = "classification"
 
@@ -50,6 +51,24 @@ def get_job(settings: Settings, job_id: str) -> Job:
         return job
 
 
+def shortcut_scores(settings: Settings, job: Job) -> list[float]:
+    """Shortcut scores of the job's explained images, for the job's model version."""
+    with session_scope(settings) as session:
+        rows = session.execute(
+            select(Artifact.image_sha256, Artifact.params)
+            .join(JobImage, JobImage.image_sha256 == Artifact.image_sha256)
+            .where(JobImage.job_id == job.id, Artifact.kind == "overlay")
+        ).all()
+    scores: dict[str, float] = {}
+    for sha256, params in rows:
+        same_model = (
+            params.get("model") == job.model_name and params.get("model_version") == job.model_version
+        )
+        if same_model and isinstance(params.get("shortcut_score"), int | float):
+            scores.setdefault(sha256, float(params["shortcut_score"]))
+    return list(scores.values())
+
+
 def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> dict[str, Any]:
     """The summary `cxr score --wait --json` prints and the report shows."""
     job = get_job(settings, job_id)
@@ -74,6 +93,7 @@ def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> d
     end = end if end.tzinfo else end.replace(tzinfo=dt.UTC)
     seconds = max((end - start).total_seconds(), 1e-9)
     reasons = collections.Counter(reason for _, _, reason in failures)
+    handled = job.scored + job.skipped + job.failed
     return {
         "job_id": job.id,
         "status": job.status.value,
@@ -90,7 +110,8 @@ def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> d
             {"uri": uri, "stage": stage, "reason": reason} for uri, stage, reason in failures[:failure_limit]
         ],
         "seconds": round(seconds, 3),
-        "images_per_second": round(job.scored / seconds, 3),
+        "images_per_second": round(handled / seconds, 3),
+        "shortcut": summarize_shortcut_scores(shortcut_scores(settings, job)).to_dict(),
         "report": job.report_uri,
         "created_at": start.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,

@@ -19,12 +19,13 @@ from kombu import Queue
 from cxr.core.settings import Settings, get_settings
 
 CLASSIFY_CHUNK = "cxr.classify_chunk"
+EXPLAIN_CHUNK = "cxr.explain_chunk"
 RETRAIN = "cxr.retrain"
 
 #: gpu: classification and explanation (one worker process per GPU); train: training runs;
 #: default: everything light (bookkeeping, reports).
 QUEUES = ("gpu", "train", "default")
-ROUTES = {CLASSIFY_CHUNK: {"queue": "gpu"}, RETRAIN: {"queue": "train"}}
+ROUTES = {CLASSIFY_CHUNK: {"queue": "gpu"}, EXPLAIN_CHUNK: {"queue": "gpu"}, RETRAIN: {"queue": "train"}}
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:

@@ -14,10 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cxr.core.db.session import session_scope
 from cxr.core.errors import ModelStoreError
 from cxr.core.settings import Settings
 from worker import metrics
 from worker.engine import classify_uris
+from worker.explaining import explain_options, explain_uris, record_artifacts, select_for_explanation
 from worker.fetch import ObjectFetcher, process_fetcher
 from worker.model_cache import ModelCache, ModelSpec, process_cache
 from worker.results import Delivery, give_up_chunk, record_delivery, scored_hashes, write_chunk
@@ -75,15 +77,15 @@ def run_classify_chunk(
         _count_failures(spec, summary.failed, "model")
         return ChunkReport(job_id, chunk_seq, "gave-up", failed=summary.failed, reason=reason)
 
+    fetcher = fetcher or process_fetcher(settings)
     outcome = classify_uris(
-        uris,
-        loaded,
-        settings,
-        fetcher or process_fetcher(settings),
-        already_scored=functools.partial(scored_hashes, settings, spec),
+        uris, loaded, settings, fetcher, already_scored=functools.partial(scored_hashes, settings, spec)
     )
+    mode, method = explain_options(settings, job_id)
+    to_explain = select_for_explanation(settings, spec, loaded.manifest.classes, outcome, mode, method)
+    explained = explain_uris(settings, spec, loaded, to_explain, method, fetcher) if to_explain else []
     write_started = time.perf_counter()
-    summary = write_chunk(settings, job_id, chunk_seq, spec, loaded.manifest.classes, outcome)
+    summary = write_chunk(settings, job_id, chunk_seq, spec, loaded.manifest.classes, outcome, explained)
     metrics.STAGE_DURATION.labels(stage="write").observe(time.perf_counter() - write_started)
     seconds = time.perf_counter() - started
     if summary.already_done:
@@ -129,3 +131,23 @@ def _give_up_if_poisoned(
 def _count_failures(spec: ModelSpec, failed: int, stage: str) -> None:
     if failed:
         metrics.IMAGES_SCORED.labels(spec.name, str(spec.version), stage, "failed").inc(failed)
+
+
+def run_explain_chunk(
+    settings: Settings,
+    job_id: str | None,
+    model: Mapping[str, Any],
+    uris: Sequence[str],
+    method: str,
+    *,
+    cache: ModelCache | None = None,
+    fetcher: ObjectFetcher | None = None,
+) -> int:
+    """Explain ``uris`` with the pinned model (the body of ``cxr.explain_chunk``); returns how
+    many were explained. Re-running it rewrites the same objects and adds no rows."""
+    spec = ModelSpec.from_dict(model)
+    loaded = (cache or process_cache(settings)).get(spec)
+    explained = explain_uris(settings, spec, loaded, uris, method, fetcher or process_fetcher(settings))
+    with session_scope(settings) as session:
+        record_artifacts(session, job_id, spec, explained)
+    return len(explained)

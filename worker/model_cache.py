@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,8 @@ class LoadedModel:
     model: Any
     forward: Forward
     load_seconds: float
+    #: Explainers built on this model, by method (worker.explaining builds them on first use).
+    explainers: dict[str, Any] = field(default_factory=dict)
 
 
 def compile_forward(model: Any, input_shape: tuple[int, int, int]) -> Forward:

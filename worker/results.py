@@ -31,6 +31,7 @@ from cxr.core.db.models import (
 from cxr.core.db.session import insert_ignoring_conflicts, session_scope
 from cxr.core.settings import Settings
 from worker.engine import ChunkOutcome, ImageFailure
+from worker.explaining import ExplainedImage, record_artifacts
 from worker.model_cache import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -148,8 +149,11 @@ def write_chunk(
     spec: ModelSpec,
     classes: Sequence[str],
     outcome: ChunkOutcome,
+    explained: Sequence[ExplainedImage] = (),
 ) -> WriteSummary:
-    """Images, predictions, failures and counters of one chunk, in one transaction, once."""
+    """Images, predictions, explanation artifacts, failures and counters of one chunk, in one
+    transaction, once. Artifacts are committed with the chunk, so when a job's last chunk
+    finishes the job, every explanation it asked for is already recorded."""
     with session_scope(settings) as session:
         chunk = _lock_chunk(session, job_id, chunk_seq)
         if chunk is not None and chunk.status in _FINAL:
@@ -186,6 +190,7 @@ def write_chunk(
             )
         insert_ignoring_conflicts(session, Image, list(images.values()))
         insert_ignoring_conflicts(session, Prediction, list(predictions.values()))
+        record_artifacts(session, job_id, spec, explained)
         failed = insert_ignoring_conflicts(session, Failure, _failure_rows(job_id, outcome.failures))
         insert_ignoring_conflicts(session, JobImage, _job_image_rows(job_id, chunk_seq, outcome))
         add_to_counters(

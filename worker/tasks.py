@@ -14,8 +14,8 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 import worker.lifecycle  # noqa: F401  (connects the worker-process signal handlers)
 from cxr.core.errors import StorageUnavailable, TransientError
 from cxr.core.settings import Settings, get_settings
-from worker.app import CLASSIFY_CHUNK, RETRAIN, app
-from worker.chunk import run_classify_chunk
+from worker.app import CLASSIFY_CHUNK, EXPLAIN_CHUNK, RETRAIN, app
+from worker.chunk import run_classify_chunk, run_explain_chunk
 from worker.results import give_up_chunk
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,24 @@ def classify_chunk(self: Task, job_id: str, model: dict[str, Any], uris: list[st
         log.warning("chunk %s/%d: %s; retry %d in %.1f s", job_id, chunk_seq, exc, retries + 1, delay)
         raise self.retry(exc=exc, countdown=delay) from exc
     return report.as_dict()
+
+
+@app.task(name=EXPLAIN_CHUNK, bind=True, max_retries=None)
+def explain_chunk(
+    self: Task, job_id: str | None, model: dict[str, Any], uris: list[str], method: str = "gradcam"
+) -> dict:
+    """Explain images with the pinned model: heatmaps, overlays and ROIs to object storage,
+    artifact rows to SQL. Jobs that ask for explanations get them inside ``classify_chunk``;
+    this task explains any list of images on demand, batched the same way."""
+    settings = get_settings()
+    retries = int(self.request.retries or 0)
+    try:
+        explained = run_explain_chunk(settings, job_id, model, uris, method)
+    except Exception as exc:
+        if not is_transient(exc) or retries >= settings.task_max_retries:
+            raise
+        raise self.retry(exc=exc, countdown=retry_delay(retries, settings)) from exc
+    return {"explained": explained, "images": len(uris)}
 
 
 @app.task(name=RETRAIN, acks_late=False)

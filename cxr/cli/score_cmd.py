@@ -15,14 +15,19 @@ from cxr.cli.common import emit_json, handle_errors, json_option, ready_settings
 @click.argument("source")
 @click.option("--model", "model_ref", required=True, help="NAME@ALIAS, NAME@VERSION or NAME@latest.")
 @click.option("--chunk-size", type=int, default=None, help="Images per task (default CXR_CHUNK_SIZE).")
+@click.option("--explain", type=click.Choice(["none", "positives", "all"]), default="none", show_default=True,
+              help="Which images get a heatmap, overlay and regions of interest.")  # fmt: skip
+@click.option("--explain-method", type=click.Choice(["gradcam", "gradcam++", "feature-maps"]),
+              default="gradcam", show_default=True)  # fmt: skip
 @click.option("--wait/--no-wait", default=False, help="Follow the job to its end, then summarise.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the HTML report here (it always goes to object storage).")  # fmt: skip
 @json_option
 @handle_errors
 def score(
-    source: str, model_ref: str, chunk_size: int | None, wait: bool, report_path: Path | None, as_json: bool
-) -> None:
+    source: str, model_ref: str, chunk_size: int | None, explain: str, explain_method: str, wait: bool,
+    report_path: Path | None, as_json: bool,
+) -> None:  # fmt: skip
     """Score every image under SOURCE: a folder (recursive), s3://bucket/prefix, or a list file.
 
     Running the same command again resumes an unfinished job: only what is missing is scored.
@@ -41,7 +46,10 @@ def score(
         def progress(walked: int, sent: int) -> None:
             status.update(f"{walked} images walked, {sent} chunks sent")
 
-        submitted = submit(settings, source, model_ref, chunk_size=chunk_size, on_progress=progress)
+        submitted = submit(
+            settings, source, model_ref, chunk_size=chunk_size, explain=explain,  # type: ignore[arg-type]
+            explain_method=explain_method, on_progress=progress,
+        )  # fmt: skip
     verb = "resumed" if submitted.resumed else "submitted"
     console.print(
         f"{verb} job [bold]{submitted.job_id}[/] with {submitted.model.ref}: {submitted.total} images"

@@ -97,3 +97,39 @@ def test_a_submission_killed_midway_resumes_and_scores_each_image_once(settings,
         assert session.scalar(select(func.count()).select_from(Prediction)) == 41
         assert session.scalar(select(func.count()).select_from(JobImage)) == 42
         assert session.scalar(select(func.max(Chunk.deliveries))) == 1  # no chunk ran twice
+
+
+def test_explanations_are_written_once_with_the_chunk_and_shown_in_the_report(settings, archive, tmp_path):
+    from cxr.core.db.models import Artifact
+    from cxr.core.storage import read_uri
+    from scheduler.report import write_report
+    from worker.chunk import run_explain_chunk
+
+    small = tmp_path / "small"
+    small.mkdir()
+    for path in sorted((archive / "covid").glob("*.jpg"))[:4]:
+        (small / path.name).write_bytes(path.read_bytes())
+    first = submit(settings, str(small), "tiny@production", explain="all", chunk_size=3)
+    with session_scope(settings) as session:
+        rows = session.scalars(select(Artifact)).all()
+        assert sorted({r.kind for r in rows}) == ["heatmap", "overlay", "rois"]
+        assert len(rows) == 12  # three files for each of the four images
+        assert all(r.prediction_id is not None and r.job_id == first.job_id for r in rows)
+        overlay = next(r for r in rows if r.kind == "overlay")
+        assert read_uri(overlay.uri, settings).startswith(b"\x89PNG")
+        assert "/artifacts/tiny/1/gradcam/" in overlay.uri
+
+    report = write_report(settings, first.job_id, tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    assert report["html"].endswith("report.html") and "<h2>Shortcut score</h2>" in page
+    assert page.count('alt="heatmap overlay"') == sum(
+        n for label, n in job_summary(settings, first.job_id)["by_label"].items() if label != "normal"
+    )  # every positive in the gallery shows its overlay beside the X-ray
+
+    again = submit(settings, str(small), "tiny@production", explain="all", chunk_size=3)
+    assert again.job_id != first.job_id
+    model = {"name": "tiny", "version": 1, "sha256": first.model.sha256}
+    explained = run_explain_chunk(settings, None, model, [(small / "x").as_uri()], "gradcam")
+    assert explained == 0  # a missing file is logged, not raised
+    with session_scope(settings) as session:
+        assert session.scalar(select(func.count()).select_from(Artifact)) == 12  # nothing doubled
