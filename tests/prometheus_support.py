@@ -92,12 +92,12 @@ def start_prometheus(config: dict[str, Any], workdir: Path) -> Prometheus:
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
     port = services.free_port()
-    log = (workdir / "prometheus.log").open("wb")
-    process = subprocess.Popen(
-        [binary("prometheus"), f"--config.file={config_path}", f"--web.listen-address=127.0.0.1:{port}",
-         f"--storage.tsdb.path={workdir / 'tsdb'}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    with (workdir / "prometheus.log").open("wb") as log:
+        process = subprocess.Popen(
+            [binary("prometheus"), f"--config.file={config_path}", f"--web.listen-address=127.0.0.1:{port}",
+             f"--storage.tsdb.path={workdir / 'tsdb'}", "--log.level=warn"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

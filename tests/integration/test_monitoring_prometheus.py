@@ -30,11 +30,12 @@ def fetch(url: str) -> str:
 def exporter(cluster_settings, tmp_path) -> str:
     """``cxr exporter`` as a subprocess on a free port; yields its base URL once healthy."""
     port = services.free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cxr.cli.main", "exporter", "--host", "127.0.0.1", "--port", str(port)],
-        env=support.worker_env(cluster_settings, tmp_path / "exporter-data"),
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "exporter.log").open("wb"),
-    )  # fmt: skip
+    with (tmp_path / "exporter.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cxr.cli.main", "exporter", "--host", "127.0.0.1", "--port", str(port)],
+            env=support.worker_env(cluster_settings, tmp_path / "exporter-data"),
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
