@@ -12,6 +12,7 @@ from cxr import __version__
 from cxr.cli.config_cmd import config
 from cxr.cli.db_cmd import db
 from cxr.cli.explain_cmd import explain
+from cxr.cli.exporter_cmd import exporter
 from cxr.cli.jobs_cmd import jobs
 from cxr.cli.models_cmd import models
 from cxr.cli.retrain_cmd import retrain
@@ -44,6 +45,7 @@ cli.add_command(jobs)
 cli.add_command(train)
 cli.add_command(evaluate)
 cli.add_command(retrain)
+cli.add_command(exporter)
 
 
 if __name__ == "__main__":

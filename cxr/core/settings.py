@@ -126,6 +126,13 @@ class Settings(BaseSettings):
         description="Base port of the worker's Prometheus endpoint; each worker process serves "
         "on base + its pool index (solo / -c 1: the base port). 0 disables the endpoint.",
     )
+    exporter_port: int = Field(
+        default=9800,
+        ge=1,
+        le=65535,
+        description="Port of the cluster-state exporter (`cxr exporter`): queue depths, jobs, "
+        "pending images and prediction shares read from Redis and SQL.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 
     # ---- scheduled retraining (Celery beat → queue 'train') --------------------------------

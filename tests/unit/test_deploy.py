@@ -1,0 +1,214 @@
+"""The shipped deployment files are consistent with the code: promtool accepts the Prometheus files;
+compose and Kubernetes name only real settings, agree on ports with the scrape config, keep
+credentials in the Secret, and reference only files that exist."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from cxr.core.settings import Settings
+from tests import prometheus_support as prom
+
+DEPLOY = prom.DEPLOY
+COMPOSE = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+K8S = [doc for p in sorted((DEPLOY / "k8s").glob("*.yaml")) for doc in yaml.safe_load_all(p.read_text())]
+SCRAPE = yaml.safe_load(prom.PROMETHEUS_CONFIG.read_text())
+#: Settings holding credentials: the SecretStr fields and the URLs that carry a password.
+CREDENTIALS = {
+    f"CXR_{name.upper()}"
+    for name, field in Settings.model_fields.items()
+    if field.annotation in (SecretStr, SecretStr | None)
+} | {"CXR_DATABASE_URL", "CXR_BROKER_URL"}
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([prom.binary("promtool"), *args], capture_output=True, text=True, timeout=60)
+
+
+def test_promtool_accepts_the_scrape_config_and_its_rules():
+    result = promtool("check", "config", str(prom.PROMETHEUS_CONFIG))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 rule files found" in result.stdout + result.stderr
+
+
+def test_promtool_accepts_the_rules():
+    result = promtool("check", "rules", str(prom.RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_rules_cover_the_required_alerts():
+    names = {name for name, _ in prom.rule_exprs()}
+    assert {
+        "CxrFailureRatioHigh",
+        "CxrQueueBacklogGrowing",
+        "CxrNoWorkerUp",
+        "CxrThroughputCollapse",
+    } <= names
+
+
+def test_dashboard_uses_the_provisioned_datasource():
+    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    uid = datasource["datasources"][0]["uid"]
+    panels = list(prom.panel_targets())
+    assert len(panels) >= 10
+    for panel in json.loads(prom.DASHBOARD.read_text())["panels"]:
+        assert panel["datasource"]["uid"] == uid, panel["title"]
+
+
+def env_names(environment: Any) -> dict[str, str]:
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+    return {str(k): str(v) for k, v in (environment or {}).items()}
+
+
+def test_compose_names_only_real_settings():
+    for name, service in COMPOSE["services"].items():
+        for var in env_names(service.get("environment")):
+            if var.startswith("CXR_"):
+                assert var.removeprefix("CXR_").lower() in Settings.model_fields, (name, var)
+
+
+def test_compose_references_existing_files():
+    for name, service in COMPOSE["services"].items():
+        build = service.get("build")
+        if build:
+            context = (DEPLOY / build["context"]).resolve()
+            assert (context / build["dockerfile"]).is_file(), name
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), (name, volume)
+
+
+def test_compose_has_the_services_of_the_system():
+    services = set(COMPOSE["services"])
+    assert {"redis", "postgres", "minio", "minio-init", "migrate", "gpu-worker", "cpu-worker"} <= services
+    assert {"exporter", "prometheus", "grafana"} <= services
+    gpu = COMPOSE["services"]["gpu-worker"]
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert COMPOSE["services"]["migrate"]["command"] == ["cxr", "db", "upgrade"]
+
+
+def scrape_targets(job: str) -> list[str]:
+    (config,) = (c for c in SCRAPE["scrape_configs"] if c["job_name"] == job)
+    return [target for group in config["static_configs"] for target in group["targets"]]
+
+
+def concurrency(command: list[str]) -> int:
+    return int(command[command.index("--concurrency") + 1]) if "--concurrency" in command else 1
+
+
+def test_worker_scrape_targets_match_the_compose_metrics_ports():
+    for target in scrape_targets("cxr-worker"):
+        host, port = target.rsplit(":", 1)
+        service = COMPOSE["services"][host]
+        base = int(env_names(service["environment"])["CXR_METRICS_PORT"])
+        assert 0 <= int(port) - base < concurrency(service["command"]), target  # base + pool index
+    expected = {
+        f"{name}:{int(env_names(s['environment'])['CXR_METRICS_PORT']) + i}"
+        for name, s in COMPOSE["services"].items()
+        if "celery" in s.get("command", []) and "worker" in s["command"]
+        for i in range(concurrency(s["command"]))
+    }
+    assert set(scrape_targets("cxr-worker")) == expected  # every worker process is scraped
+
+
+def test_exporter_scrape_target_matches_its_port():
+    (target,) = scrape_targets("cxr-exporter")
+    host, port = target.rsplit(":", 1)
+    environment = env_names(COMPOSE["services"][host]["environment"])
+    assert int(port) == int(environment.get("CXR_EXPORTER_PORT", Settings().exporter_port))
+    assert COMPOSE["services"][host]["command"][:2] == ["cxr", "exporter"]
+
+
+def k8s(kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in K8S if doc and doc["kind"] == kind]
+
+
+def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = doc["spec"]["template"]["spec"] if doc["kind"] in ("Deployment", "Job") else doc["spec"]
+    return spec["containers"]
+
+
+def test_k8s_names_only_real_settings_and_credentials_only_in_the_secret():
+    assert {"CXR_S3_SECRET_ACCESS_KEY", "CXR_PATIENT_ID_SALT"} <= CREDENTIALS
+    (config,) = k8s("ConfigMap")
+    (secret,) = k8s("Secret")
+    for var in [*config["data"], *secret["stringData"]]:
+        assert var.removeprefix("CXR_").lower() in Settings.model_fields, var
+    assert not CREDENTIALS & set(config["data"])
+    assert set(secret["stringData"]) >= CREDENTIALS
+    assert not any(re.search(r"://[^/@]*:[^/@]+@", value) for value in config["data"].values())
+    for doc in [*k8s("Deployment"), *k8s("Job")]:
+        for container in containers(doc):
+            for item in container.get("env", []):
+                assert item["name"].removeprefix("CXR_").lower() in Settings.model_fields, item
+                assert item["name"] not in CREDENTIALS, item
+            refs = {next(iter(ref.values()))["name"] for ref in container.get("envFrom", [])}
+            assert refs == {config["metadata"]["name"], secret["metadata"]["name"]}, doc["metadata"]["name"]
+
+
+def port_setting(container: dict[str, Any]) -> int:
+    env = {item["name"]: item["value"] for item in container.get("env", [])}
+    return int(env.get("CXR_METRICS_PORT") or env.get("CXR_EXPORTER_PORT"))
+
+
+@pytest.mark.parametrize("name", ["cxr-gpu-worker", "cxr-exporter"])
+def test_k8s_metrics_ports_agree(name):
+    (deployment,) = (d for d in k8s("Deployment") if d["metadata"]["name"] == name)
+    (container,) = containers(deployment)
+    port = port_setting(container)
+    assert {p["containerPort"] for p in container["ports"] if p["name"] == "metrics"} == {port}
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    services = [s for s in k8s("Service") if s["spec"]["selector"].items() <= labels.items()]
+    assert services, f"no Service selects {name}"
+    for service in services:
+        assert {p["port"] for p in service["spec"]["ports"]} == {port}
+    annotated = [deployment["spec"]["template"]["metadata"], *(s["metadata"] for s in services)]
+    ports = {int(m["annotations"]["prometheus.io/port"]) for m in annotated if "annotations" in m}
+    assert ports == {port}
+
+
+def test_k8s_gpu_worker_requests_one_gpu():
+    (worker,) = (d for d in k8s("Deployment") if d["metadata"]["name"] == "cxr-gpu-worker")
+    (container,) = containers(worker)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container["command"][:6] == ["celery", "-A", "worker", "worker", "-Q", "gpu"]
+    assert concurrency(container["command"]) == 1
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
+def test_dockerfiles_copy_existing_files_and_run_as_non_root(dockerfile):
+    text = (DEPLOY / dockerfile).read_text()
+    root = DEPLOY.parent
+    for line in re.findall(r"^COPY (?!--from)(.+)$", text, flags=re.M):
+        for source in line.split()[:-1]:
+            assert (root / source).exists(), (dockerfile, source)
+    users = re.findall(r"^USER (\S+)$", text, flags=re.M)
+    assert users and users[-1] not in ("root", "0"), dockerfile
+
+
+def test_gpu_image_keeps_the_gpu_build():
+    text = (DEPLOY / "Dockerfile.gpu").read_text()
+    assert re.search(r"^FROM tensorflow/tensorflow:\$\{TF_VERSION\}-gpu$", text, flags=re.M)
+    assert 'pip install ".[gpu]"' in text and "pip uninstall -y tensorflow-cpu" in text
+
+
+def test_every_deploy_path_exists():
+    for path in [
+        "grafana/dashboards/cxr.json",
+        "grafana/provisioning/datasources/prometheus.yml",
+        "grafana/provisioning/dashboards/cxr.yml",
+        "prometheus/prometheus.yml",
+        "prometheus/rules.yml",
+    ]:
+        assert (DEPLOY / path).is_file(), path
+    assert Path(prom.RULES).name in SCRAPE["rule_files"]
