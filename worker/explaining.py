@@ -160,8 +160,6 @@ def explain_uris(
                     params={"layer": item.layer, "label": item.label, "shortcut_score": score},
                 )  # fmt: skip
                 explained.append((sha256, records))
-                if score is not None:
-                    metrics.SHORTCUT_SCORE.labels(spec.name, str(spec.version)).observe(score)
             metrics.STAGE_DURATION.labels(stage="explain").observe(time.perf_counter() - started)
     metrics.EXPLANATIONS.labels(spec.name, str(spec.version), method, "explained").inc(len(explained))
     metrics.EXPLANATIONS.labels(spec.name, str(spec.version), method, "failed").inc(failed)

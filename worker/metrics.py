@@ -70,15 +70,6 @@ EXPLANATIONS = Counter(
     ["model", "version", "method", "outcome"],
 )
 
-# The share of heatmap energy outside the central chest box: 0.44 for a uniform map, above
-# 0.7 when the model looks at borders and corners (markers, burned-in text). Tenths resolve it.
-SHORTCUT_SCORE = Histogram(
-    "cxr_shortcut_score",
-    "Per-image shortcut score of explained images (share of heatmap energy outside the chest).",
-    ["model", "version"],
-    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
-)
-
 STAGES = ("fetch", "decode", "infer", "write", "explain")
 for _stage in STAGES:
     STAGE_DURATION.labels(stage=_stage)  # pre-created so dashboards see zeros, not gaps

@@ -130,7 +130,14 @@ class ClusterCollector(Collector):
             "Classifications stored in SQL per model, version and predicted label (label share, drift).",
             labels=["model", "version", "label"],
         )
+        decisions = GaugeMetricFamily(
+            "cxr_promotion_decisions",
+            "Promotion-gate decisions per model: decision=promoted (the alias moved) or kept.",
+            labels=["model", "decision"],
+        )
         if snap is not None:
+            for (model, decision), count in snap.promotion_decisions.items():
+                decisions.add_metric([model, decision], count)
             for status, count in snap.jobs_by_status.items():
                 jobs.add_metric([status], count)
             pending.add_metric([], snap.images_pending)
@@ -140,7 +147,7 @@ class ClusterCollector(Collector):
                 versions.add_metric([model], count)
             for labels, count in snap.predictions.items():
                 predictions.add_metric(list(labels), count)
-        yield from (jobs, pending, runs, versions, predictions)
+        yield from (jobs, pending, runs, versions, predictions, decisions)
         yield self._shortcut_family(snap.shortcut_scores if snap else None)
 
     @staticmethod

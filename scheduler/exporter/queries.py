@@ -13,7 +13,15 @@ import redis
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 from sqlalchemy import Connection, case, func, select
 
-from cxr.core.db.models import Artifact, Job, JobStatus, ModelVersion, Prediction, TrainingRun
+from cxr.core.db.models import (
+    Artifact,
+    Job,
+    JobStatus,
+    ModelVersion,
+    Prediction,
+    PromotionDecision,
+    TrainingRun,
+)
 
 PREDICTION_KIND = "classification"
 
@@ -61,6 +69,7 @@ class SqlSnapshot:
     model_versions: dict[str, int]
     predictions: dict[tuple[str, str, str], int]  # (model, version, label) -> count
     shortcut_scores: ShortcutScores
+    promotion_decisions: dict[tuple[str, str], int]  # (model, promoted|kept) -> count
 
 
 def read_sql(connection: Connection) -> SqlSnapshot:
@@ -75,7 +84,19 @@ def read_sql(connection: Connection) -> SqlSnapshot:
         model_versions=_count_by(connection, ModelVersion.name),
         predictions=prediction_counts(connection),
         shortcut_scores=shortcut_scores(connection),
+        promotion_decisions=promotion_decisions(connection),
     )
+
+
+def promotion_decisions(connection: Connection) -> dict[tuple[str, str], int]:
+    """Gate decisions per model and outcome."""
+    query = select(PromotionDecision.model_name, PromotionDecision.promoted, func.count()).group_by(
+        PromotionDecision.model_name, PromotionDecision.promoted
+    )
+    return {
+        (name, "promoted" if promoted else "kept"): count
+        for name, promoted, count in connection.execute(query)
+    }
 
 
 def jobs_by_status(connection: Connection) -> dict[str, int]:
@@ -101,11 +122,12 @@ def prediction_counts(connection: Connection) -> dict[tuple[str, str, str], int]
 
 
 def shortcut_scores(connection: Connection) -> ShortcutScores:
-    """The distribution of ``Artifact.params["shortcut_score"]`` over artifacts that carry one."""
+    """The distribution of ``Artifact.params["shortcut_score"]`` over explained images: one per
+    overlay artifact (the heatmap and ROI files of the same image carry the same score)."""
     score = Artifact.params["shortcut_score"].as_float()
     columns = [func.count(score), func.coalesce(func.sum(score), 0.0)]
     columns += [func.coalesce(func.sum(case((score <= le, 1), else_=0)), 0) for le in SHORTCUT_SCORE_BUCKETS]
-    row = connection.execute(select(*columns).where(score.is_not(None))).one()
+    row = connection.execute(select(*columns).where(Artifact.kind == "overlay", score.is_not(None))).one()
     count, total, *cumulative = row
     return ShortcutScores(
         buckets=dict(zip(SHORTCUT_SCORE_BUCKETS, (int(c) for c in cumulative), strict=True)),

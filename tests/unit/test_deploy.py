@@ -115,7 +115,7 @@ def test_worker_scrape_targets_match_the_compose_metrics_ports():
     expected = {
         f"{name}:{int(env_names(s['environment'])['CXR_METRICS_PORT']) + i}"
         for name, s in COMPOSE["services"].items()
-        if "celery" in s.get("command", []) and "worker" in s["command"]
+        if s.get("command", [])[:4] == ["celery", "-A", "worker", "worker"]
         for i in range(concurrency(s["command"]))
     }
     assert set(scrape_targets("cxr-worker")) == expected  # every worker process is scraped

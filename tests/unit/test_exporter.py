@@ -52,8 +52,9 @@ def add_state(settings) -> None:
             session.add(prediction)
             session.flush()
             score = {"shortcut_score": 0.15 + 0.3 * i}
+            session.add(Artifact(kind="overlay", uri=f"o{i}", params=score, prediction_id=prediction.id))
             session.add(Artifact(kind="heatmap", uri=f"h{i}", params=score, prediction_id=prediction.id))
-        session.add(Artifact(kind="roi", uri="file:///roi", params={}))
+        session.add(Artifact(kind="overlay", uri="file:///empty-heatmap", params={"shortcut_score": None}))
 
 
 def test_sql_series(settings):
@@ -68,7 +69,9 @@ def test_sql_series(settings):
     assert values[("cxr_training_runs", (("status", "running"),))] == 0
     key = ("cxr_predictions", (("label", "normal"), ("model", "m"), ("version", "2")))
     assert values[key] == 2
-    assert values[("cxr_shortcut_score_count", ())] == 3  # the artifact without a score is not counted
+    assert (
+        values[("cxr_shortcut_score_count", ())] == 3
+    )  # one per image (overlays only); none for an empty heatmap
     assert values[("cxr_shortcut_score_bucket", (("le", "0.2"),))] == 1
     assert values[("cxr_shortcut_score_bucket", (("le", "0.5"),))] == 2
     assert values[("cxr_shortcut_score_bucket", (("le", "+Inf"),))] == 3
