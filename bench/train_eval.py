@@ -28,6 +28,9 @@ from cxr.core.settings import Settings
 from training_jobs.architectures import ARCHITECTURES
 from training_jobs.train import TrainConfig, train
 
+#: ``../shared`` beside the checkout: the dev data and the offline ImageNet weights.
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
 MODES = {"3class": ("covid", "normal", "pneumonia"), "binary": ("covid", "non-covid")}
 WEIGHT_FILES = {
     "mobilenetv2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
@@ -82,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--data", default="/work/shared/data/cxr-dev/manifest.csv")
+    parser.add_argument("--data", default=str(SHARED / "data" / "cxr-dev" / "manifest.csv"))
     parser.add_argument("--archs", default=",".join(ARCHITECTURES), help="comma-separated")
     parser.add_argument("--modes", default="3class,binary", help="3class and/or binary")
     parser.add_argument("--epochs", type=int, default=20)
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="seeded subset of N images (smoke runs)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     parser.add_argument("--budget-minutes", type=float, default=240.0, help="skip runs once this is spent")
-    parser.add_argument("--weights-dir", type=Path, default=Path("/work/shared/weights"))
+    parser.add_argument("--weights-dir", type=Path, default=SHARED / "weights")
     parser.add_argument("--data-dir", type=Path, default=None, help="CXR_DATA_DIR for runs (default: temp)")
     parser.add_argument("--out", type=Path, default=Path("bench/train_eval.json"))
     args = parser.parse_args(argv)

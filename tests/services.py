@@ -27,6 +27,8 @@ PG_ADMIN_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("CXR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = secrets.token_hex(4)
+#: ``../shared`` beside the checkout (dev data, offline ImageNet weights); absent on a fresh clone.
+SHARED_DIR = Path(__file__).resolve().parents[2] / "shared"
 
 
 def missing_service(what: str) -> None:

@@ -11,9 +11,10 @@ from PIL import Image
 
 from tests.explain_models import with_blob, xray_like
 from tests.models import save_tiny_cnn
+from tests.services import SHARED_DIR
 from tests.unit.test_cli_models import run_cxr
 
-REAL_DATA = Path("/work/shared/data/cxr-dev")
+REAL_DATA = SHARED_DIR / "data" / "cxr-dev"
 
 
 @pytest.fixture(scope="module")

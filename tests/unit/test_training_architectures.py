@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from cxr.core.errors import ConfigurationError
+from tests.services import SHARED_DIR
 from training_jobs.architectures import ARCHITECTURES, build_model, freeze_base, unfreeze_top
 
 MOBILENET_WEIGHTS = Path(
-    "/work/shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    SHARED_DIR / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 )
 # Every architecture once with a softmax head; the sigmoid head is the same code, checked on the
 # cheap ones. Application bases need at least 32 px.

@@ -14,6 +14,7 @@ from cxr.core.db.models import Evaluation, TrainingRun
 from cxr.core.db.session import session_scope
 from cxr.core.settings import reload_settings
 from cxr.core.storage import open_store
+from tests.services import SHARED_DIR
 from tests.unit.synthetic_cxr import write_folder_dataset, write_manifest_dataset
 from training_jobs.train import TrainConfig, train
 
@@ -88,7 +89,7 @@ def test_cli_train_publish_then_evaluate(tmp_path, monkeypatch):
 
 
 MOBILENET_WEIGHTS = Path(
-    "/work/shared/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    SHARED_DIR / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 )
 
 
