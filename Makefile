@@ -28,8 +28,9 @@ test: lint
 # Train a small CNN on the 41-image sample shipped in samples/ (split by patient), publish it,
 # then score the sample as an archive with explanations for the positives, and summarise.
 demo: install
-	$(CXR) train --data samples/cxr-sample/manifest.csv --arch simple_cnn --image-size 128 \
-		--epochs 15 --batch-size 8 --name demo --publish --alias production
+	$(CXR) train --data samples/cxr-sample/manifest.csv --arch simple_cnn --image-size 96 \
+		--epochs 40 --patience 10 --learning-rate 0.0003 --batch-size 8 --name demo --publish \
+		--alias production
 	$(CXR) score samples/cxr-sample --model demo@production --explain positives --wait \
 		--report $(DEMO_DIR)/report.html
 	@echo "open $(DEMO_DIR)/report.html — research use only, not for clinical decisions"
