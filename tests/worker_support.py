@@ -115,7 +115,8 @@ def worker_env(settings: Settings, data_dir: Path) -> dict[str, str]:
     for name in (
         "database_url", "storage_url", "s3_endpoint_url", "s3_access_key_id", "s3_secret_access_key",
         "s3_max_attempts", "broker_url", "broker_key_prefix", "metrics_port", "inference_batch_size",
-        "decode_threads", "task_time_limit_s",
+        "decode_threads", "task_time_limit_s", "max_deliveries", "task_max_retries", "retry_backoff_s",
+        "retry_backoff_max_s", "patient_id_salt", "chunk_size",
     ):  # fmt: skip
         value = getattr(settings, name)
         if value is not None:
@@ -124,17 +125,19 @@ def worker_env(settings: Settings, data_dir: Path) -> dict[str, str]:
     return env
 
 
-def start_worker(settings: Settings, data_dir: Path, log_path: Path) -> subprocess.Popen:
-    """``celery -A worker worker -Q gpu -P solo`` as a subprocess logging to ``log_path``."""
+def start_worker(
+    settings: Settings, data_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """``celery -A worker worker -Q gpu -P solo`` as a subprocess logging to ``log_path``
+    (appending, so that a restarted worker keeps the earlier log)."""
     command = [
         sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "gpu", "-P", "solo",
         "-l", "INFO", "-n", f"test-{secrets.token_hex(3)}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            command, cwd=REPO_ROOT, env=worker_env(settings, data_dir), stdout=log, stderr=subprocess.STDOUT
-        )
+    env = {**worker_env(settings, data_dir), **(extra_env or {})}
+    with log_path.open("ab") as log:
+        return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def worker_ready(log_path: Path) -> bool:
