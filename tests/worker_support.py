@@ -126,18 +126,20 @@ def worker_env(settings: Settings, data_dir: Path) -> dict[str, str]:
 
 
 def start_worker(
-    settings: Settings, data_dir: Path, log_path: Path, extra_env: dict[str, str] | None = None
+    settings: Settings, data_dir: Path, log_path: Path, pool: str = "solo", concurrency: int = 1
 ) -> subprocess.Popen:
-    """``celery -A worker worker -Q gpu -P solo`` as a subprocess logging to ``log_path``
-    (appending, so that a restarted worker keeps the earlier log)."""
+    """``celery -A worker worker -Q gpu -P solo`` (or ``-P prefork -c N``) as a subprocess
+    logging to ``log_path``."""
     command = [
-        sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "gpu", "-P", "solo",
+        sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "gpu", "-P", pool,
+        "-c", str(concurrency),
         "-l", "INFO", "-n", f"test-{secrets.token_hex(3)}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",
     ]  # fmt: skip
-    env = {**worker_env(settings, data_dir), **(extra_env or {})}
-    with log_path.open("ab") as log:
-        return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command, cwd=REPO_ROOT, env=worker_env(settings, data_dir), stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def worker_ready(log_path: Path) -> bool:
