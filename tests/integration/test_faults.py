@@ -178,15 +178,17 @@ def test_database_connections_killed_mid_job_lose_and_double_nothing(cluster_set
 
 def test_a_chunk_that_kills_its_worker_is_given_up_after_max_deliveries(cluster_settings, tmp_path):
     """No decoder here can crash on demand, so the poison is simulated: the pool process is
-    SIGKILLed each time it starts chunk 1. Prefork requeues a chunk whose child died at once."""
+    SIGKILLed each time it starts chunk 0. Prefork requeues a chunk whose child died at once, and
+    each fresh child spends seconds loading the model after counting the delivery: the window in
+    which the kill lands."""
     settings = cluster_settings.model_copy(update={"max_deliveries": 2})
     workers = Workers(settings, tmp_path)
-    poison_seq = 1
+    poison_seq = 0
     stop = threading.Event()
     try:
         publish(settings, tmp_path, "poison")
         faults.write_archive(tmp_path / "archive", 15, seed=700)
-        (tmp_path / "archive" / "img00003.png").write_bytes(_png_claiming(50_000, 50_000))  # refused fast
+        (tmp_path / "archive" / "img00007.png").write_bytes(_png_claiming(50_000, 50_000))  # refused fast
         parent, _log_path = workers.start(prefork=True)
         job_id = faults.submit_job(
             settings, tmp_path / "cli", str(tmp_path / "archive"), "poison@production", 5
@@ -210,12 +212,12 @@ def test_a_chunk_that_kills_its_worker_is_given_up_after_max_deliveries(cluster_
         stop.set()
         workers.stop()
     job = faults.assert_exactly_once(settings, job_id, "poison", 15)
-    assert (job.scored, job.failed) == (9, 6)  # chunk 1's five images, and the bomb in chunk 0
+    assert (job.scored, job.failed) == (9, 6)  # chunk 0's five images, and the bomb in chunk 1
     with session_scope(settings) as session:
         reasons = {
             f.image_uri.rsplit("/", 1)[-1]: (f.stage, f.reason) for f in session.scalars(select(Failure))
         }
-    assert reasons["img00003.png"][0] == "decode" and "decompression bomb" in reasons["img00003.png"][1]
-    for i in range(5, 10):
+    assert reasons["img00007.png"][0] == "decode" and "decompression bomb" in reasons["img00007.png"][1]
+    for i in range(5):
         assert reasons[f"img{i:05d}.png"] == ("worker", "worker died 2 times on this chunk")
     assert survived
