@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from cxr.core.db.models import Failure
@@ -102,8 +103,8 @@ def test_the_object_store_down_for_20_seconds_is_ridden_out(cluster_settings, tm
         update={
             "storage_url": f"s3://{bucket}/store",
             "s3_endpoint_url": server.endpoint,
-            "s3_access_key_id": server.access_key,
-            "s3_secret_access_key": server.secret_key,
+            "s3_access_key_id": SecretStr(server.access_key),
+            "s3_secret_access_key": SecretStr(server.secret_key),
             "s3_max_attempts": 2,
             **FAST_RETRIES,
         }
