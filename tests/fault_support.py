@@ -42,6 +42,18 @@ def chunk_states(settings: Settings, job_id: str) -> dict[int, tuple[str, int]]:
         return {seq: (status.value, deliveries) for seq, status, deliveries in rows}
 
 
+def model_chunk_state(settings: Settings, model_name: str, seq: int) -> tuple[str, int]:
+    """(status, deliveries) of chunk ``seq`` of the job scoring with ``model_name``, before the
+    job id is known (a chunk can start while ``cxr score`` is still submitting)."""
+    with session_scope(settings) as session:
+        row = session.execute(
+            select(Chunk.status, Chunk.deliveries)
+            .join(Job, Job.id == Chunk.job_id)
+            .where(Job.model_name == model_name, Chunk.seq == seq)
+        ).first()
+    return (row[0].value, row[1]) if row else ("queued", 0)
+
+
 def job_status(settings: Settings, job_id: str) -> str:
     with session_scope(settings) as session:
         return session.get(Job, job_id).status.value
@@ -77,6 +89,19 @@ def kill(pid: int) -> None:
     """SIGKILL one process we started (or a pool child of it), by pid."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def large_png(side: int) -> bytes:
+    """A ``side`` × ``side`` gray gradient PNG: small on disk, slow to decode and resize."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    row = np.linspace(0, 255, side).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(np.tile(row, (side, 1)), mode="L").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
 
 
 def write_archive(root: Path, count: int, size: tuple[int, int] = (64, 64), seed: int = 0) -> list[bytes]:

@@ -191,23 +191,26 @@ def test_a_chunk_that_kills_its_worker_is_given_up_after_max_deliveries(cluster_
         publish(settings, tmp_path, "poison")
         faults.write_archive(tmp_path / "archive", 15, seed=700)
         (tmp_path / "archive" / "img00007.png").write_bytes(_png_claiming(50_000, 50_000))  # refused fast
+        # A large but legal radiograph in chunk 0 keeps each start of it busy for a while after
+        # it counted its delivery, so the simulated crash lands inside the chunk every time.
+        (tmp_path / "archive" / "img00002.png").write_bytes(faults.large_png(6000))
         parent, _log_path = workers.start(prefork=True)
-        job_id = faults.submit_job(
-            settings, tmp_path / "cli", str(tmp_path / "archive"), "poison@production", 5
-        )
 
-        def killer() -> None:
+        def killer() -> None:  # watches the chunk from before submission: it can run at once
             killed = 0
             while not stop.is_set() and killed < settings.max_deliveries:
-                status, deliveries = faults.chunk_states(settings, job_id).get(poison_seq, ("queued", 0))
+                status, deliveries = faults.model_chunk_state(settings, "poison", poison_seq)
                 if status == "running" and deliveries > killed:
                     for child in faults.children_of(parent.pid):
                         faults.kill(child)
                     killed = deliveries
-                time.sleep(0.05)
+                time.sleep(0.02)
 
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
+        job_id = faults.submit_job(
+            settings, tmp_path / "cli", str(tmp_path / "archive"), "poison@production", 5
+        )
         _wait_finished(settings, job_id, 150)
         survived = parent.poll() is None  # the worker itself; only its pool processes died
     finally:
