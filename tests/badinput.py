@@ -15,10 +15,16 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 from PIL import Image
+from sqlalchemy import select
 
+from cxr.core.db.models import Failure, JobImage
+from cxr.core.db.session import session_scope
+from cxr.core.settings import Settings
+from scheduler.summary import job_summary
 from tests.dicom_files import make_dicom
 from tests.worker_support import synthetic_png
 
@@ -216,3 +222,44 @@ def write_list_file(root: Path, list_path: Path) -> tuple[list[Case], dict[str, 
     ]
     list_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return cases, uri_lines
+
+
+def job_outcomes(settings: Settings, job_id: str) -> dict[str, tuple[str, str, str]]:
+    """uri → (outcome, stage, reason) for every image of the job."""
+    with session_scope(settings) as session:
+        failures = {f.image_uri: f for f in session.scalars(select(Failure).where(Failure.job_id == job_id))}
+        rows = session.scalars(select(JobImage).where(JobImage.job_id == job_id)).all()
+        return {
+            row.uri: (
+                row.outcome,
+                failures[row.uri].stage if row.uri in failures else "",
+                failures[row.uri].reason if row.uri in failures else "",
+            )
+            for row in rows
+        }
+
+
+def _key(uri: str, uri_lines: dict[str, str]) -> str:
+    """The case name of a recorded URI: its file name, or the name of a URI-level line."""
+    for name, line in uri_lines.items():
+        if uri == line:
+            return name
+    return unquote(uri).rsplit("/", 1)[-1]
+
+
+def check_job(settings: Settings, job_id: str, cases: list[Case], uri_lines: dict[str, str]) -> None:
+    """Every case recorded once with its outcome, stage and reason; the counters add up."""
+    recorded = {_key(uri, uri_lines): outcome for uri, outcome in job_outcomes(settings, job_id).items()}
+    assert sorted(recorded) == sorted(case.name for case in cases)
+    wrong = []
+    for case in cases:
+        outcome, stage, reason = recorded[case.name]
+        if outcome != case.outcome or stage != case.stage or case.reason not in reason:
+            wrong.append(f"{case.name}: got {outcome}/{stage}/{reason!r}, want {case}")
+    assert not wrong, "\n".join(wrong)
+    summary = job_summary(settings, job_id)
+    assert summary["status"] == "finished"
+    assert summary["total"] == len(cases)
+    assert summary["scored"] + summary["skipped"] + summary["failed"] == summary["total"]
+    assert summary["scored"] == sum(case.outcome == "scored" for case in cases)
+    assert summary["skipped"] == sum(case.outcome == "skipped" for case in cases)

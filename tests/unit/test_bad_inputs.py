@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import unquote
 
 import pytest
-from sqlalchemy import select
 
 from cxr.core.db.migrate import upgrade
-from cxr.core.db.models import Failure, JobImage
-from cxr.core.db.session import dispose_engines, session_scope
+from cxr.core.db.session import dispose_engines
 from cxr.core.settings import Settings
 from modelstore import open_model_store
 from scheduler.submit import submit
-from scheduler.summary import job_summary
 from tests import worker_support as support
-from tests.badinput import Case, build_corpus, write_list_file
+from tests.badinput import build_corpus, check_job, job_outcomes, write_list_file
 
 
 @pytest.fixture
@@ -37,57 +33,17 @@ def settings(tmp_path) -> Settings:
     dispose_engines()
 
 
-def _outcomes(settings: Settings, job_id: str) -> dict[str, tuple[str, str, str]]:
-    """uri → (outcome, stage, reason) for every image of the job."""
-    with session_scope(settings) as session:
-        failures = {f.image_uri: f for f in session.scalars(select(Failure).where(Failure.job_id == job_id))}
-        rows = session.scalars(select(JobImage).where(JobImage.job_id == job_id)).all()
-        return {
-            row.uri: (
-                row.outcome,
-                failures[row.uri].stage if row.uri in failures else "",
-                failures[row.uri].reason if row.uri in failures else "",
-            )
-            for row in rows
-        }
-
-
-def _key(uri: str, uri_lines: dict[str, str]) -> str:
-    """The case name of a recorded URI: its file name, or the name of a URI-level line."""
-    for name, line in uri_lines.items():
-        if uri == line:
-            return name
-    return unquote(uri).rsplit("/", 1)[-1]
-
-
-def _check(settings: Settings, job_id: str, cases: list[Case], uri_lines: dict[str, str]) -> None:
-    recorded = {_key(uri, uri_lines): outcome for uri, outcome in _outcomes(settings, job_id).items()}
-    assert sorted(recorded) == sorted(case.name for case in cases)
-    wrong = []
-    for case in cases:
-        outcome, stage, reason = recorded[case.name]
-        if outcome != case.outcome or stage != case.stage or case.reason not in reason:
-            wrong.append(f"{case.name}: got {outcome}/{stage}/{reason!r}, want {case}")
-    assert not wrong, "\n".join(wrong)
-    summary = job_summary(settings, job_id)
-    assert summary["status"] == "finished"
-    assert summary["total"] == len(cases)
-    assert summary["scored"] + summary["skipped"] + summary["failed"] == summary["total"]
-    assert summary["scored"] == sum(case.outcome == "scored" for case in cases)
-    assert summary["skipped"] == sum(case.outcome == "skipped" for case in cases)
-
-
 def test_every_bad_file_in_a_folder_is_accounted_for_with_its_reason(settings, tmp_path):
     cases = build_corpus(tmp_path / "archive")
     assert len(cases) >= 25
     submitted = submit(settings, str(tmp_path / "archive"), "tiny@production", chunk_size=100)
-    _check(settings, submitted.job_id, cases, {})
+    check_job(settings, submitted.job_id, cases, {})
 
 
 def test_every_bad_line_in_a_list_file_is_accounted_for_with_its_reason(settings, tmp_path):
     cases, uri_lines = write_list_file(tmp_path / "archive", tmp_path / "images.txt")
     submitted = submit(settings, str(tmp_path / "images.txt"), "tiny@production", chunk_size=100)
-    _check(settings, submitted.job_id, cases, uri_lines)
+    check_job(settings, submitted.job_id, cases, uri_lines)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod-000 file; the FIFO case covers it")
@@ -99,7 +55,7 @@ def test_an_unreadable_file_fails_at_fetch(settings, tmp_path):
     locked.write_bytes(support.synthetic_png(2, (64, 64)))
     locked.chmod(0)
     submitted = submit(settings, str(root), "tiny@production")
-    outcomes = _outcomes(settings, submitted.job_id)
+    outcomes = job_outcomes(settings, submitted.job_id)
     assert outcomes[locked.as_uri()][:2] == ("failed", "fetch")
     assert "permission denied" in outcomes[locked.as_uri()][2]
     assert outcomes[(root / "good.png").as_uri()][0] == "scored"
