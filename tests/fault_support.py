@@ -54,6 +54,13 @@ def model_chunk_state(settings: Settings, model_name: str, seq: int) -> tuple[st
     return (row[0].value, row[1]) if row else ("queued", 0)
 
 
+def model_job_status(settings: Settings, model_name: str) -> str | None:
+    """The status of the job scoring with ``model_name`` (None before it exists)."""
+    with session_scope(settings) as session:
+        status = session.scalar(select(Job.status).where(Job.model_name == model_name))
+    return status.value if status is not None else None
+
+
 def job_status(settings: Settings, job_id: str) -> str:
     with session_scope(settings) as session:
         return session.get(Job, job_id).status.value

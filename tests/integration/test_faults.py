@@ -27,7 +27,7 @@ from tests import fault_support as faults
 from tests import services
 from tests import worker_support as support
 from tests.badinput import _png_claiming
-from tests.integration.test_scheduler_celery import publish
+from tests.integration.test_scheduler_celery import cxr, finish, publish
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -155,27 +155,28 @@ def _terminate_connections(database: str) -> int:
 
 
 def test_database_connections_killed_mid_job_lose_and_double_nothing(cluster_settings, tmp_path):
+    """Every connection to the job's database is terminated every half second, the worker's
+    and the waiting ``cxr score --wait``'s alike, from the end of submission to the end."""
     settings = cluster_settings.model_copy(update=FAST_RETRIES)
     workers = Workers(settings, tmp_path)
     try:
         publish(settings, tmp_path, "pgkill")
         faults.write_archive(tmp_path / "archive", 120, seed=900)
-        _, _log_path = workers.start()
-        job_id = faults.submit_job(
-            settings, tmp_path / "cli", str(tmp_path / "archive"), "pgkill@production", 2
-        )
+        workers.start()
+        waiting = cxr(settings, tmp_path / "cli", "score", str(tmp_path / "archive"), "--model",
+                      "pgkill@production", "--chunk-size", "2", "--wait", "--json")  # fmt: skip
+        support.wait_for(lambda: faults.model_job_status(settings, "pgkill") == "running", 60, "submission")
         database = settings.database_url.rsplit("/", 1)[1]
         hits = 0
-        deadline = time.monotonic() + 120
-        while faults.job_status(settings, job_id) != "finished" and time.monotonic() < deadline:
-            hits += _terminate_connections(database) > 0  # every connection the cluster holds
+        while waiting.poll() is None and faults.model_job_status(settings, "pgkill") != "finished":
+            hits += _terminate_connections(database) > 0
             time.sleep(0.5)
-        _wait_finished(settings, job_id, 60)
+        summary = finish(waiting, timeout=120)
     finally:
         workers.stop()
     assert hits >= 2, "the connections must have been killed mid-job"
-    job = faults.assert_exactly_once(settings, job_id, "pgkill", 120)
-    assert (job.scored, job.failed) == (120, 0)
+    assert (summary["status"], summary["scored"], summary["failed"]) == ("finished", 120, 0)
+    faults.assert_exactly_once(settings, summary["job_id"], "pgkill", 120)
 
 
 def test_a_chunk_that_kills_its_worker_is_given_up_after_max_deliveries(cluster_settings, tmp_path):
