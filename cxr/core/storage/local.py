@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,14 +75,24 @@ class LocalStore(ObjectStore):
             return stream.read()
 
     def _open(self, key: str) -> BinaryIO:
+        """Open a regular file only. ``O_NONBLOCK`` keeps a FIFO (or a device) in an archive from
+        blocking the reader forever; it has no effect on regular files."""
         try:
-            return self.path_of(key).open("rb")
+            fd = os.open(self.path_of(key), os.O_RDONLY | os.O_NONBLOCK)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
             raise ObjectNotFound(f"no object {key!r} in {self.root_uri}") from exc
         except PermissionError as exc:
             raise PermanentError(f"cannot read {key!r} in {self.root_uri}: permission denied") from exc
         except OSError as exc:  # a symlink loop (ELOOP), a name too long, ...
             raise PermanentError(f"cannot open {key!r} in {self.root_uri}: {exc.strerror or exc}") from exc
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            os.close(fd)
+            if stat.S_ISDIR(mode):
+                raise ObjectNotFound(f"no object {key!r} in {self.root_uri}")
+            raise PermanentError(f"{key!r} in {self.root_uri} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
 
     def _exists(self, key: str) -> bool:
         return self.path_of(key).is_file()

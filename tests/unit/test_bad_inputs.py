@@ -1,0 +1,78 @@
+"""Every kind of bad file an archive holds, scored in one chunk beside good images.
+
+Each file must be scored or become a failure row with the right stage and a reason that says
+why; the good images of the same chunk must be scored; the process must survive; and the job's
+counters must add up. Runs on the embedded defaults, in-process, through ``submit``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cxr.core.db.migrate import upgrade
+from cxr.core.db.session import dispose_engines
+from cxr.core.settings import Settings
+from modelstore import open_model_store
+from scheduler.submit import submit
+from tests import worker_support as support
+from tests.badinput import build_corpus, check_job, job_outcomes, write_list_file
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    settings = Settings(data_dir=tmp_path / "cxr-data", inference_batch_size=8)
+    upgrade(settings=settings)
+    open_model_store(settings).publish(
+        "tiny", support.build_model(tmp_path / "tiny.keras"), architecture="tiny_cnn",
+        classes=support.CLASSES, input_contract=support.CONTRACT, output="softmax", aliases=["production"],
+    )  # fmt: skip
+    yield settings
+    dispose_engines()
+
+
+def test_every_bad_file_in_a_folder_is_accounted_for_with_its_reason(settings, tmp_path):
+    cases = build_corpus(tmp_path / "archive")
+    assert len(cases) >= 25
+    submitted = submit(settings, str(tmp_path / "archive"), "tiny@production", chunk_size=100)
+    check_job(settings, submitted.job_id, cases, {})
+
+
+def test_every_bad_line_in_a_list_file_is_accounted_for_with_its_reason(settings, tmp_path):
+    cases, uri_lines = write_list_file(tmp_path / "archive", tmp_path / "images.txt")
+    submitted = submit(settings, str(tmp_path / "images.txt"), "tiny@production", chunk_size=100)
+    check_job(settings, submitted.job_id, cases, uri_lines)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a chmod-000 file; the FIFO case covers it")
+def test_an_unreadable_file_fails_at_fetch(settings, tmp_path):
+    root = tmp_path / "archive"
+    root.mkdir()
+    (root / "good.png").write_bytes(support.synthetic_png(1, (64, 64)))
+    locked = root / "locked.png"
+    locked.write_bytes(support.synthetic_png(2, (64, 64)))
+    locked.chmod(0)
+    submitted = submit(settings, str(root), "tiny@production")
+    outcomes = job_outcomes(settings, submitted.job_id)
+    assert outcomes[locked.as_uri()][:2] == ("failed", "fetch")
+    assert "permission denied" in outcomes[locked.as_uri()][2]
+    assert outcomes[(root / "good.png").as_uri()][0] == "scored"
+
+
+def test_the_corpus_files_really_are_what_they_claim(tmp_path):
+    """Guards the corpus itself: a case that silently became a plain image would test nothing."""
+    from PIL import Image
+
+    root = tmp_path / "archive"
+    build_corpus(root)
+    with Image.open(root / "sixteen-bit.png") as image:
+        assert image.mode.startswith("I")
+    with Image.open(root / "cmyk.jpg") as image:
+        assert image.mode == "CMYK"
+    with Image.open(root / "palette-alpha.png") as image:
+        assert image.mode == "P" and "transparency" in image.info
+    with Image.open(root / "exif-rotated.jpg") as image:
+        assert image.getexif()[0x0112] == 6
+    assert Path(root / "fifo.png").is_fifo()
