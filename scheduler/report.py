@@ -24,7 +24,7 @@ from cxr.core.labels import is_positive
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store, read_uri
 from modelstore import open_model_store
-from scheduler.summary import ImageRow, image_rows, job_summary
+from scheduler.summary import ImageRow, get_job, image_rows, job_summary
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;te
 
 def render_html(settings: Settings, job_id: str) -> str:
     summary = job_summary(settings, job_id)
-    job_row = _job(settings, job_id)
+    job_row = get_job(settings, job_id)
     manifest = open_model_store(settings).manifest(job_row.model_name, job_row.model_version)
     rows = list(image_rows(settings, job_id))
     counts = "".join(
@@ -246,15 +246,9 @@ trained on small public datasets; they are not diagnoses.</p>
 </body></html>"""
 
 
-def _job(settings: Settings, job_id: str) -> Job:
-    from scheduler.summary import get_job
-
-    return get_job(settings, job_id)
-
-
 def write_report(settings: Settings, job_id: str, local_path: Path | None = None) -> dict[str, Any]:
     """Write the CSV and HTML to object storage (and the HTML to ``local_path``); record the URI."""
-    job = _job(settings, job_id)
+    job = get_job(settings, job_id)
     classes = open_model_store(settings).manifest(job.model_name, job.model_version).classes
     store = open_store(settings=settings)
     csv_uri = store.put(
