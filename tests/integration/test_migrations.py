@@ -2,8 +2,10 @@ import pytest
 import sqlalchemy as sa
 
 from cxr.core.db.migrate import current_revision, head_revision, require_current, upgrade
+from cxr.core.db.session import dispose_engines
 from cxr.core.errors import ConfigurationError
 from cxr.core.settings import Settings
+from tests import services
 
 pytestmark = pytest.mark.integration
 
@@ -33,5 +35,10 @@ def test_migrations_on_fresh_sqlite(tmp_path):
     _check_fresh_database(Settings(data_dir=tmp_path))
 
 
-def test_migrations_on_fresh_postgresql(pg_url, tmp_path):
-    _check_fresh_database(Settings(data_dir=tmp_path, database_url=pg_url))
+def test_migrations_on_fresh_postgresql(tmp_path):
+    url = services.create_pg_database()  # its own database: the session one is migrated by others
+    try:
+        _check_fresh_database(Settings(data_dir=tmp_path, database_url=url))
+    finally:
+        dispose_engines()
+        services.drop_pg_database(url)
