@@ -51,17 +51,5 @@ def s3_settings(s3_server, tmp_path) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    url = services.create_pg_database()
-    try:
-        yield url
-    finally:
-        from cxr.core.db.session import dispose_engines
-
-        dispose_engines()
-        services.drop_pg_database(url)
-
-
-@pytest.fixture(scope="session")
 def redis_url() -> str:
     return services.check_redis()

@@ -16,12 +16,13 @@ from tests import worker_support as support
 
 
 @pytest.fixture
-def cluster_settings(
-    s3_settings: Settings, pg_url: str, redis_url: str, tmp_path: Path
-) -> Iterator[Settings]:
+def cluster_settings(s3_settings: Settings, redis_url: str, tmp_path: Path) -> Iterator[Settings]:
+    """S3 bucket, PostgreSQL database and Redis key prefix of this test's own: counts and series
+    read back after a job are this test's alone, whatever ran before it."""
+    database_url = services.create_pg_database()
     settings = s3_settings.model_copy(
         update={
-            "database_url": pg_url,
+            "database_url": database_url,
             "broker_url": redis_url,
             "broker_key_prefix": f"cxr-test-{services.RUN_ID}-{secrets.token_hex(3)}:",
             "metrics_port": services.free_port(),
@@ -32,6 +33,7 @@ def cluster_settings(
     upgrade(settings=settings)
     yield settings
     dispose_engines()
+    services.drop_pg_database(database_url)
     import redis
 
     client = redis.Redis.from_url(redis_url)
