@@ -162,3 +162,18 @@ def wait_for(
         time.sleep(0.3)
     tail = log_path.read_text(errors="replace")[-3000:] if log_path else ""
     pytest.fail(f"timed out waiting for {what}\n{tail}")
+
+
+def embedded_with_tiny_model(tmp_path: Path, **overrides: object) -> Settings:
+    """Embedded defaults (SQLite + local store) under ``tmp_path``, migrated, with the tiny test
+    model published as ``tiny@production``."""
+    from cxr.core.db.migrate import upgrade
+    from modelstore import open_model_store
+
+    settings = Settings(data_dir=tmp_path / "cxr-data", **overrides)
+    upgrade(settings=settings)
+    open_model_store(settings).publish(
+        "tiny", build_model(tmp_path / "tiny.keras"), architecture="tiny_cnn", classes=CLASSES,
+        input_contract=CONTRACT, output="softmax", aliases=["production"],
+    )  # fmt: skip
+    return settings

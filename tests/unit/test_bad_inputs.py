@@ -12,10 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cxr.core.db.migrate import upgrade
 from cxr.core.db.session import dispose_engines
 from cxr.core.settings import Settings
-from modelstore import open_model_store
 from scheduler.submit import submit
 from tests import worker_support as support
 from tests.badinput import build_corpus, check_job, job_outcomes, write_list_file
@@ -23,12 +21,7 @@ from tests.badinput import build_corpus, check_job, job_outcomes, write_list_fil
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    settings = Settings(data_dir=tmp_path / "cxr-data", inference_batch_size=8)
-    upgrade(settings=settings)
-    open_model_store(settings).publish(
-        "tiny", support.build_model(tmp_path / "tiny.keras"), architecture="tiny_cnn",
-        classes=support.CLASSES, input_contract=support.CONTRACT, output="softmax", aliases=["production"],
-    )  # fmt: skip
+    settings = support.embedded_with_tiny_model(tmp_path, inference_batch_size=8)
     yield settings
     dispose_engines()
 

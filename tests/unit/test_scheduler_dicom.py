@@ -9,12 +9,10 @@ import sqlite3
 import numpy as np
 import pytest
 
-from cxr.core.db.migrate import upgrade
 from cxr.core.db.session import dispose_engines
 from cxr.core.privacy import hash_identifier
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store
-from modelstore import open_model_store
 from scheduler.report import write_report
 from scheduler.submit import submit
 from scheduler.summary import job_summary
@@ -26,12 +24,7 @@ RAMP = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (64, 1))
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    settings = Settings(data_dir=tmp_path / "cxr-data", patient_id_salt="test-salt")
-    upgrade(settings=settings)
-    open_model_store(settings).publish(
-        "tiny", support.build_model(tmp_path / "tiny.keras"), architecture="tiny_cnn",
-        classes=support.CLASSES, input_contract=support.CONTRACT, output="softmax", aliases=["production"],
-    )  # fmt: skip
+    settings = support.embedded_with_tiny_model(tmp_path, patient_id_salt="test-salt")
     yield settings
     dispose_engines()
 

@@ -8,11 +8,9 @@ import shutil
 import pytest
 from sqlalchemy import func, select
 
-from cxr.core.db.migrate import upgrade
 from cxr.core.db.models import Chunk, Job, JobImage, Prediction
 from cxr.core.db.session import dispose_engines, session_scope
 from cxr.core.settings import Settings
-from modelstore import open_model_store
 from scheduler.submit import submit
 from scheduler.summary import job_summary
 from tests import worker_support as support
@@ -21,12 +19,7 @@ from tests.unit.test_cli_models import run_cxr
 
 @pytest.fixture
 def settings(tmp_path) -> Settings:
-    settings = Settings(data_dir=tmp_path / "cxr-data", inference_batch_size=4)
-    upgrade(settings=settings)
-    open_model_store(settings).publish(
-        "tiny", support.build_model(tmp_path / "tiny.keras"), architecture="tiny_cnn",
-        classes=support.CLASSES, input_contract=support.CONTRACT, output="softmax", aliases=["production"],
-    )  # fmt: skip
+    settings = support.embedded_with_tiny_model(tmp_path, inference_batch_size=4)
     yield settings
     dispose_engines()
 
