@@ -10,13 +10,13 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
-from cxr.core.db.models import Artifact, Failure, Job, JobImage, Prediction
+from cxr.core.db.models import CLASSIFICATION, Artifact, Failure, Job, JobImage, Prediction
 from cxr.core.db.session import session_scope
 from cxr.core.errors import PermanentError
 from cxr.core.settings import Settings
 from cxr.explain.shortcut import summarize_shortcut_scores
 
-PREDICTION_KIND = "classification"
+PREDICTION_KIND = CLASSIFICATION
 
 
 @dataclass(frozen=True)

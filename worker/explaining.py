@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cxr.core.db.models import Artifact, Job, Prediction
+from cxr.core.db.models import CLASSIFICATION, Artifact, Job, Prediction
 from cxr.core.db.session import session_scope
 from cxr.core.errors import CxrError
 from cxr.core.imaging import decode_image
@@ -39,7 +39,7 @@ from worker.model_cache import LoadedModel, ModelSpec
 log = logging.getLogger(__name__)
 
 DEFAULT_METHOD = "gradcam"
-PREDICTION_KIND = "classification"
+PREDICTION_KIND = CLASSIFICATION
 
 
 #: One explained image: its sha256 and the artifact records of its written files.

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from cxr.core.db.jobs import add_to_counters
 from cxr.core.db.models import (
+    CLASSIFICATION,
     Chunk,
     ChunkStatus,
     Failure,
@@ -36,7 +37,7 @@ from worker.model_cache import ModelSpec
 
 log = logging.getLogger(__name__)
 
-PREDICTION_KIND = "classification"
+PREDICTION_KIND = CLASSIFICATION
 _FINAL = (ChunkStatus.DONE, ChunkStatus.FAILED)
 
 

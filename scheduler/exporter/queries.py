@@ -14,6 +14,7 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 from sqlalchemy import Connection, case, func, select
 
 from cxr.core.db.models import (
+    CLASSIFICATION,
     Artifact,
     Job,
     JobStatus,
@@ -23,7 +24,7 @@ from cxr.core.db.models import (
     TrainingRun,
 )
 
-PREDICTION_KIND = "classification"
+PREDICTION_KIND = CLASSIFICATION
 
 #: The statuses ``training_jobs.records`` writes; listed so each is exported (at zero) from the start.
 TRAINING_STATUSES: tuple[str, ...] = ("running", "finished", "failed")

@@ -37,6 +37,10 @@ NAMING = {
 }
 
 
+#: ``Prediction.kind`` of a classification (explanations are artifacts, not predictions).
+CLASSIFICATION = "classification"
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -217,7 +221,7 @@ class Prediction(Base):
     image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"))
     model_name: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(16), default="classification")
+    kind: Mapped[str] = mapped_column(String(16), default=CLASSIFICATION)
     label: Mapped[str] = mapped_column(String(64), index=True)
     confidence: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, Any]] = mapped_column(JSON)  # class -> probability
