@@ -5,7 +5,11 @@
 (a) bare:  the compiled forward pass on already decoded and preprocessed tensors, in batches;
 (b) e2e:   chunks sent through Redis to a real ``celery -A worker worker -P solo`` process that
            fetches from an S3 server, decodes, infers and writes to PostgreSQL;
-(c) naive: the same worker and services, one task per image (a batch of one per task).
+(c) naive: the seeds' pattern on the same services: one task per image, one ``model.predict``
+           per image, one committed row per image (``bench/naive_worker.py``).
+
+Measurements run in interleaved rounds and medians are reported, because this machine's speed
+drifts; ``predict_ips`` (``model.predict`` per batch) is printed for reference.
 
 The services are the test suite's (``tests/services.py``): a SeaweedFS S3 server started here,
 the local PostgreSQL (a scratch database) and Redis (a unique key prefix). The model has random
@@ -26,9 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy import func, select
 
+from bench.naive_worker import NAIVE_QUEUE, NAIVE_TASK
 from cxr.core.db.migrate import upgrade
-from cxr.core.db.models import Job
+from cxr.core.db.models import Job, Prediction
 from cxr.core.db.session import dispose_engines, session_scope
 from cxr.core.imaging import InputContract, decode_image, preprocess
 from cxr.core.settings import Settings
@@ -72,22 +78,40 @@ def build_model(name: str, contract: InputContract, path: Path) -> Path:
     return path
 
 
-def bare_ips(model_path: Path, images: list[bytes], contract: InputContract, batch_size: int) -> float:
-    """Images per second of the compiled forward pass alone (decoding not timed)."""
+def prepare_tensors(images: list[bytes], contract: InputContract) -> np.ndarray:
+    decoded = [decode_image(data, max_bytes=1 << 26, max_pixels=60_000_000) for data in images]
+    return np.stack([preprocess(image.pixels, contract) for image in decoded])
+
+
+def make_bare_forward(
+    model_path: Path, contract: InputContract, batch_size: int
+) -> Callable[[np.ndarray], Any]:
+    """The compiled forward pass the worker uses, traced once."""
     from modelstore.loading import load_keras_model
     from worker.model_cache import compile_forward
 
-    tensors = np.stack(
-        [
-            preprocess(decode_image(d, max_bytes=1 << 26, max_pixels=60_000_000).pixels, contract)
-            for d in images
-        ]
-    )
     forward = compile_forward(load_keras_model(model_path), contract.shape)
-    forward(tensors[:batch_size])  # trace once, as the worker's warm-up does
+    forward(np.zeros((batch_size, *contract.shape), dtype=np.float32))
+    return forward
+
+
+def bare_ips(forward: Callable[[np.ndarray], Any], tensors: np.ndarray, batch_size: int) -> float:
+    """Images per second of the compiled forward pass alone (decoding not timed)."""
     started = time.perf_counter()
     for start in range(0, len(tensors), batch_size):
         forward(tensors[start : start + batch_size])
+    return len(tensors) / (time.perf_counter() - started)
+
+
+def predict_ips(model_path: Path, tensors: np.ndarray, batch_size: int) -> float:
+    """``model.predict`` per batch, for reference: its per-call overhead is what (a) avoids."""
+    from modelstore.loading import load_keras_model
+
+    model = load_keras_model(model_path)
+    model.predict(tensors[:batch_size], verbose=0)
+    started = time.perf_counter()
+    for start in range(0, len(tensors), batch_size):
+        model.predict(tensors[start : start + batch_size], verbose=0)
     return len(tensors) / (time.perf_counter() - started)
 
 
@@ -137,95 +161,154 @@ def distinct(images: list[bytes], i: int) -> bytes:
     return images[i % len(images)] + b"\0cxr-bench-" + str(i).encode()
 
 
+def wait_until(count: Callable[[], int], target: int, on_progress: Callable[[int], None]) -> None:
+    while (done := count()) < target:
+        on_progress(done)
+        time.sleep(0.1)
+    on_progress(done)
+
+
+def job_done(settings: Settings, job_id: str) -> int:
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        return job.scored + job.skipped + job.failed
+
+
+def predictions_of(settings: Settings, job_id: str) -> int:
+    with session_scope(settings) as session:
+        return session.scalar(select(func.count()).select_from(Prediction).where(Prediction.job_id == job_id))
+
+
 def run_job(
     settings: Settings,
     model: dict[str, Any],
     uris: list[str],
     chunk_size: int,
-    on_progress: Callable[[int], None],
+    on_progress: Callable[[int], None] = lambda _: None,
 ) -> float:
-    """Send ``uris`` in chunks of ``chunk_size`` and wait until every image is counted."""
+    """Send ``uris`` to the real worker in chunks; seconds until every image is counted."""
     job_id = support.create_job(settings, model, total=len(uris))
     app = make_app(settings)
     started = time.perf_counter()
     for seq, start in enumerate(range(0, len(uris), chunk_size)):
-        kwargs = {
-            "job_id": job_id,
-            "model": model,
-            "uris": uris[start : start + chunk_size],
-            "chunk_seq": seq,
-        }
+        chunk = uris[start : start + chunk_size]
+        kwargs = {"job_id": job_id, "model": model, "uris": chunk, "chunk_seq": seq}
         app.send_task(CLASSIFY_CHUNK, kwargs=kwargs)
-    while True:
-        with session_scope(settings) as session:
-            job = session.get(Job, job_id)
-            done = job.scored + job.skipped + job.failed
-        on_progress(done)
-        if done >= len(uris):
-            break
-        time.sleep(0.2)
+    wait_until(lambda: job_done(settings, job_id), len(uris), on_progress)
     app.close()
     return time.perf_counter() - started
 
 
+def run_naive(settings: Settings, model: dict[str, Any], uris: list[str]) -> float:
+    """One task per image to the seeds-style worker; seconds until every prediction is stored."""
+    job_id = support.create_job(settings, model, total=len(uris))
+    app = make_app(settings)
+    started = time.perf_counter()
+    for uri in uris:
+        app.send_task(NAIVE_TASK, kwargs={"job_id": job_id, "model": model, "uri": uri}, queue=NAIVE_QUEUE)
+    wait_until(lambda: predictions_of(settings, job_id), len(uris), lambda _: None)
+    app.close()
+    return time.perf_counter() - started
+
+
+@contextmanager
+def running_worker(settings: Settings, workdir: Path, name: str, **kwargs: Any) -> Iterator[Any]:
+    log_path = workdir / f"{name}.log"
+    process = support.start_worker(settings, workdir / f"{name}-data", log_path, **kwargs)
+    try:
+        support.wait_for(lambda: support.worker_ready(log_path), 120, f"{name} worker", process, log_path)
+        yield process
+    finally:
+        services.stop_process(process)
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Rounds of (a) bare, (b) end to end and (c) seeds-style, interleaved: this machine's speed
+    drifts, so each ratio compares measurements taken seconds apart, and the medians are reported."""
     from modelstore import open_model_store
 
     workdir = services.scratch_dir("bench")
     contract = CONTRACTS[args.model](args.image_size)
     images = support.sample_images(min(args.images, 256))
+    n, m, rounds = args.images, args.naive_images, args.rounds
+    rows: list[dict[str, float]] = []
+    rss: dict[int, float | None] = {500: None, 5000: None}
     try:
         model_path = build_model(args.model, contract, workdir / "model.keras")
-        bare = bare_ips(
-            model_path, [images[i % len(images)] for i in range(args.images)], contract, args.batch_size
-        )
-        log.info("bare: %.1f images/s", bare)
+        tensors = prepare_tensors([images[i % len(images)] for i in range(n)], contract)
+        forward = make_bare_forward(model_path, contract, args.batch_size)
+        predict = predict_ips(model_path, tensors, args.batch_size)
         with bench_services(workdir) as settings:
-            settings = settings.model_copy(update={"inference_batch_size": args.batch_size})
+            settings = settings.model_copy(
+                update={
+                    "inference_batch_size": args.batch_size,
+                    "decode_threads": args.decode_threads,
+                    "decode_niceness": args.decode_niceness,
+                }
+            )
             manifest = open_model_store(settings).publish(
                 "bench", model_path, architecture=args.model, classes=support.CLASSES,
                 input_contract=contract, output="softmax",
             )  # fmt: skip
             model = {"name": manifest.name, "version": manifest.version, "sha256": manifest.sha256}
             bucket = open_store(settings.storage_url.rsplit("/", 1)[0], settings)
-            n = args.images  # three byte-distinct sets, so no run skips what another scored
-            warm = [bucket.put(f"warm/{i}.img", distinct(images, 2 * n + i)) for i in range(args.batch_size)]
-            uris = [bucket.put(f"images/{i}.img", distinct(images, i)) for i in range(n)]
-            naive_uris = [bucket.put(f"naive/{i}.img", distinct(images, n + i)) for i in range(n)]
-            log_path = workdir / "worker.log"
-            process = support.start_worker(settings, workdir / "worker-data", log_path)
-            rss: dict[int, float | None] = {500: None, 5000: None}
+            serial = iter(range(10**9))  # every uploaded image byte-distinct from every other
 
-            def watch(done: int) -> None:
-                for mark in rss:
-                    if rss[mark] is None and done >= mark:
-                        rss[mark] = round(rss_mb(process.pid), 1)
+            def upload(prefix: str, count: int) -> list[str]:
+                return [bucket.put(f"{prefix}/{i}.img", distinct(images, next(serial))) for i in range(count)]
 
-            try:
-                while not support.worker_ready(log_path):
-                    if process.poll() is not None:
-                        raise RuntimeError(f"worker exited; see {log_path}")
-                    time.sleep(0.3)
-                run_job(settings, model, warm, args.batch_size, lambda _: None)  # model load, graph trace
-                e2e = args.images / run_job(settings, model, uris, args.chunk_size, watch)
-                log.info("e2e: %.1f images/s", e2e)
-                naive = args.images / run_job(settings, model, naive_uris, 1, lambda _: None)
-                log.info("naive: %.1f images/s", naive)
-            finally:
-                services.stop_process(process)
+            warm, naive_warm = upload("warm", args.batch_size), upload("naive-warm", 2)
+            e2e_sets = [upload(f"e2e{r}", n) for r in range(rounds)]
+            naive_sets = [upload(f"naive{r}", m) for r in range(rounds)]
+            log.info("uploaded %d images", next(serial))
+            with (
+                running_worker(settings, workdir, "worker") as worker,
+                running_worker(settings, workdir, "naive", app="bench.naive_worker", queue=NAIVE_QUEUE),
+            ):
+                run_job(settings, model, warm, args.batch_size)  # model load and graph trace
+                run_naive(settings, model, naive_warm)
+                scored_before = 0
+
+                def watch(done: int) -> None:
+                    for mark in rss:
+                        if rss[mark] is None and scored_before + done >= mark:
+                            rss[mark] = round(rss_mb(worker.pid), 1)
+
+                for r in range(rounds):
+                    bare = bare_ips(forward, tensors, args.batch_size)
+                    e2e = n / run_job(settings, model, e2e_sets[r], args.chunk_size, watch)
+                    scored_before += n
+                    naive = m / run_naive(settings, model, naive_sets[r])
+                    rows.append({"bare_ips": bare, "e2e_ips": e2e, "naive_ips": naive})
+                    log.info("round %d: bare %.1f, e2e %.1f, naive %.1f images/s", r + 1, bare, e2e, naive)
+            if args.worker_log:
+                shutil.copy(workdir / "worker.log", args.worker_log)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+    def median(values: list[float]) -> float:
+        return round(float(np.median(values)), 3)
+
     return {
         "model": args.model,
         "image_size": args.image_size,
-        "images": args.images,
-        "bare_ips": round(bare, 2),
-        "e2e_ips": round(e2e, 2),
-        "naive_ips": round(naive, 2),
-        "e2e_over_bare": round(e2e / bare, 3),
-        "e2e_over_naive": round(e2e / naive, 3),
+        "images": n,
+        "naive_images": m,
+        "rounds": rounds,
+        "batch_size": args.batch_size,
+        "chunk_size": args.chunk_size,
+        "decode_threads": args.decode_threads,
+        "decode_niceness": args.decode_niceness,
+        "bare_ips": median([row["bare_ips"] for row in rows]),
+        "e2e_ips": median([row["e2e_ips"] for row in rows]),
+        "naive_ips": median([row["naive_ips"] for row in rows]),
+        "predict_ips": round(predict, 2),
+        "e2e_over_bare": median([row["e2e_ips"] / row["bare_ips"] for row in rows]),
+        "e2e_over_naive": median([row["e2e_ips"] / row["naive_ips"] for row in rows]),
         "rss_mb_500": rss[500],
         "rss_mb_5000": rss[5000],
+        "rss_growth": round(rss[5000] / rss[500] - 1, 4) if rss[500] and rss[5000] else None,
+        "per_round": [{key: round(value, 2) for key, value in row.items()} for row in rows],
     }
 
 
@@ -233,13 +316,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--model", choices=sorted(CONTRACTS), default="mobilenetv2")
     parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--images", type=int, default=64, help="images per measurement (keep it small)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=64, help="images per round for (a) and (b)")
+    parser.add_argument("--naive-images", type=int, default=32, help="images per round for (c)")
+    parser.add_argument("--rounds", type=int, default=1)
+    for option in ("inference_batch_size", "chunk_size", "decode_threads", "decode_niceness"):
+        flag = "--batch-size" if option == "inference_batch_size" else f"--{option.replace('_', '-')}"
+        parser.add_argument(flag, type=int, default=Settings.model_fields[option].default)
+    parser.add_argument("--worker-log", type=Path, help="keep the worker's log here")
+    parser.add_argument("--out", type=Path, help="also write the JSON object to this file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     result = measure(args)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result))
     else:

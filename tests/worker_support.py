@@ -115,8 +115,8 @@ def worker_env(settings: Settings, data_dir: Path) -> dict[str, str]:
     for name in (
         "database_url", "storage_url", "s3_endpoint_url", "s3_access_key_id", "s3_secret_access_key",
         "s3_max_attempts", "broker_url", "broker_key_prefix", "metrics_port", "inference_batch_size",
-        "decode_threads", "task_time_limit_s", "max_deliveries", "task_max_retries", "retry_backoff_s",
-        "retry_backoff_max_s", "patient_id_salt", "chunk_size",
+        "decode_threads", "decode_niceness", "task_time_limit_s", "max_deliveries", "task_max_retries",
+        "retry_backoff_s", "retry_backoff_max_s", "patient_id_salt", "chunk_size",
     ):  # fmt: skip
         value = getattr(settings, name)
         if value is not None:
@@ -126,12 +126,18 @@ def worker_env(settings: Settings, data_dir: Path) -> dict[str, str]:
 
 
 def start_worker(
-    settings: Settings, data_dir: Path, log_path: Path, pool: str = "solo", concurrency: int = 1
+    settings: Settings,
+    data_dir: Path,
+    log_path: Path,
+    pool: str = "solo",
+    concurrency: int = 1,
+    app: str = "worker",
+    queue: str = "gpu",
 ) -> subprocess.Popen:
-    """``celery -A worker worker -Q gpu -P solo`` (or ``-P prefork -c N``) as a subprocess
-    logging to ``log_path``."""
+    """``celery -A worker worker -Q gpu -P solo`` (or ``-P prefork -c N``, another app or queue)
+    as a subprocess logging to ``log_path``."""
     command = [
-        sys.executable, "-m", "celery", "-A", "worker", "worker", "-Q", "gpu", "-P", pool,
+        sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queue, "-P", pool,
         "-c", str(concurrency),
         "-l", "INFO", "-n", f"test-{secrets.token_hex(3)}@%h",
         "--without-gossip", "--without-mingle", "--without-heartbeat",

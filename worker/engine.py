@@ -16,6 +16,9 @@ import collections
 import functools
 import hashlib
 import logging
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -82,6 +85,9 @@ AlreadyScored = Callable[[Sequence[str]], set[str]]
 
 
 log = logging.getLogger(__name__)
+
+#: The first batch of a chunk holds batch_size // FIRST_BATCH_DIVISOR images (see classify_uris).
+FIRST_BATCH_DIVISOR = 4
 
 
 def to_probabilities(raw: np.ndarray, manifest: Manifest) -> np.ndarray:
@@ -152,13 +158,35 @@ class _StageError(Exception):
         self.failure = failure
 
 
+def _lower_thread_priority(niceness: int) -> None:
+    """Make the calling thread ``niceness`` steps nicer (Linux schedules threads individually).
+
+    On a CPU-only worker the decode threads and the model's own threads share the cores. The
+    model is the bottleneck, so it should never wait for a core while an image decodes: the
+    decode threads run nicer and take the time the model leaves idle (its sequential layers,
+    the gaps between batches). Lowering one's own priority needs no privilege.
+    """
+    if niceness <= 0 or not sys.platform.startswith("linux"):
+        return
+    thread_id = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread_id, os.getpriority(os.PRIO_PROCESS, thread_id) + niceness)
+    except OSError as exc:  # a sandbox may forbid it; decoding still works
+        log.debug("could not lower the decode thread's priority: %s", exc)
+
+
 def _prepared_in_order(
     uris: Sequence[str], fetcher: ObjectFetcher, manifest: Manifest, settings: Settings, window: int
 ) -> Iterator[PreparedImage | ImageFailure]:
     """Prepared images (or failures) in URI order, with at most ``window`` in flight."""
     pending: collections.deque[Future[PreparedImage]] = collections.deque()
     remaining = iter(uris)
-    with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="cxr-decode") as pool:
+    with ThreadPoolExecutor(
+        settings.decode_threads,
+        thread_name_prefix="cxr-decode",
+        initializer=_lower_thread_priority,
+        initargs=(settings.decode_niceness,),
+    ) as pool:
         try:
             while True:
                 while len(pending) < window and (uri := next(remaining, None)) is not None:
@@ -188,11 +216,17 @@ def classify_uris(
     archive after a crash costs reading it, not scoring it.
     """
     batch_size = settings.inference_batch_size
+    # The first batch of a chunk is small: the model starts as soon as a few images are ready
+    # instead of idling until a whole batch has been fetched and decoded; later batches fill
+    # while it runs.
+    target = max(1, batch_size // FIRST_BATCH_DIVISOR)
     outcome = ChunkOutcome()
     batch: list[PreparedImage] = []
     seen: set[str] = set()
 
     def flush() -> None:
+        nonlocal target
+        target = batch_size
         known = already_scored([image.sha256 for image in batch]) if already_scored else set()
         fresh = [image for image in batch if image.sha256 not in known]
         outcome.skipped.extend(image for image in batch if image.sha256 in known)
@@ -208,7 +242,7 @@ def classify_uris(
         else:
             seen.add(item.sha256)
             batch.append(item)
-            if len(batch) == batch_size:
+            if len(batch) >= target:
                 flush()
     if batch:
         flush()

@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     decode_threads: int = Field(
         default=2, ge=1, description="Threads that fetch and decode while the model infers."
     )
+    decode_niceness: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="How much nicer than the model the decode threads run (Linux), so that "
+        "decoding takes the CPU the model leaves idle instead of slowing it; 0 turns it off.",
+    )
     chunk_size: int = Field(default=64, ge=1, description="Images per task sent to a worker.")
     model_cache_size: int = Field(
         default=2, ge=1, description="Models held in memory per worker process (LRU)."

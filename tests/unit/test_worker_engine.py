@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,8 @@ from cxr.core.settings import Settings
 from modelstore import open_model_store
 from tests import worker_support as support
 from worker.chunk import run_classify_chunk
-from worker.engine import to_probabilities
+from worker.engine import _lower_thread_priority, classify_uris, to_probabilities
+from worker.fetch import ObjectFetcher
 from worker.model_cache import ModelCache, ModelSpec
 from worker.results import record_delivery
 
@@ -250,3 +255,36 @@ def test_images_this_version_already_scored_are_skipped_not_rescored(settings, m
         )
         assert outcomes == {again[0]: "skipped", again[1]: "scored"}
         assert session.scalar(select(func.count()).select_from(Prediction)) == 3  # 3 distinct images
+
+
+def test_the_first_batch_of_a_chunk_is_small_and_the_rest_are_full(settings, model, tmp_path):
+    """The model starts after a quarter batch is decoded; later batches are full, the last holds
+    what is left, and every image is scored once."""
+    settings = settings.model_copy(update={"inference_batch_size": 8})
+    uris = write_images(tmp_path / "in", support.sample_images(21))
+    loaded = ModelCache(settings).get(ModelSpec.from_dict(model))
+    sizes: list[int] = []
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        sizes.append(len(batch))
+        return loaded.forward(batch)
+
+    outcome = classify_uris(uris, replace(loaded, forward=forward), settings, ObjectFetcher(settings))
+    assert sizes == [2, 8, 8, 3]
+    assert len(outcome.scored) == 21 and not outcome.failures
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_decode_threads_run_nicer_than_the_model():
+    seen: list[int] = []
+
+    def body() -> None:
+        _lower_thread_priority(7)
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    assert seen == [min(before + 7, 19)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # caller untouched
