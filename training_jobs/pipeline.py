@@ -84,11 +84,11 @@ def to_model_input(gray: Any, contract: InputContract) -> Any:
     return tf.cast(tf.autograph.experimental.do_not_convert(normalize)(image, contract), tf.float32)
 
 
-def targets(labels: np.ndarray, output: str) -> np.ndarray:
-    """Sigmoid models learn P(classes[1]) from a float (N, 1); softmax models integer labels."""
+def targets(labels: np.ndarray, output: str, num_classes: int) -> np.ndarray:
+    """Sigmoid models learn P(classes[1]) from a float (N, 1); softmax models one-hot rows."""
     if output == "sigmoid":
         return np.asarray(labels, dtype=np.float32).reshape(-1, 1)
-    return np.asarray(labels, dtype=np.int64)
+    return np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
 
 
 def make_dataset(
@@ -98,6 +98,7 @@ def make_dataset(
     *,
     output: str,
     batch_size: int,
+    num_classes: int = 2,
     augmentation: Augmentation | None = None,
     shuffle: bool = False,
     seed: int = 0,
@@ -109,7 +110,7 @@ def make_dataset(
     import keras
     import tensorflow as tf
 
-    source: Any = images if labels is None else (images, targets(labels, output))
+    source: Any = images if labels is None else (images, targets(labels, output, num_classes))
     dataset = tf.data.Dataset.from_tensor_slices(source)
     if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)

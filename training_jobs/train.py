@@ -49,6 +49,8 @@ class TrainConfig:
     batch_size: int = 32
     learning_rate: float = 1e-3
     patience: int = 5
+    label_smoothing: float = 0.0
+    contrast: str = "none"  # the input contract's contrast step: none | clahe
     seed: int = 0
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     augmentation: Augmentation = field(default_factory=Augmentation)
@@ -89,10 +91,15 @@ def configure_runtime(seed: int, deterministic: bool) -> dict[str, Any]:
     return {"gpus": len(gpus), "precision_policy": policy, "deterministic": deterministic}
 
 
-def _compile(built: BuiltModel, learning_rate: float) -> None:
+def _compile(built: BuiltModel, learning_rate: float, label_smoothing: float) -> None:
+    """Adam and cross-entropy on the targets ``pipeline.targets`` makes (one-hot for softmax, so
+    that label smoothing applies to both heads)."""
     import keras
 
-    loss = "binary_crossentropy" if built.output == "sigmoid" else "sparse_categorical_crossentropy"
+    if built.output == "sigmoid":
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
+    else:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
     built.model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
 
 
@@ -120,7 +127,7 @@ def fit(
 
     if built.pretrained:
         freeze_base(built)
-    _compile(built, config.learning_rate)
+    _compile(built, config.learning_rate, config.label_smoothing)
     history = phase(config.epochs, 0)
     if built.pretrained and config.fine_tune_layers > 0 and config.fine_tune_epochs > 0:
         unfrozen = unfreeze_top(built, config.fine_tune_layers)
@@ -130,7 +137,7 @@ def fit(
             unfrozen,
             config.learning_rate / 10,
         )
-        _compile(built, config.learning_rate / 10)
+        _compile(built, config.learning_rate / 10, config.label_smoothing)
         for key, values in phase(config.fine_tune_epochs, len(history["loss"])).items():
             history.setdefault(key, []).extend(values)
     return history
@@ -161,6 +168,7 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         width=config.image_size,
         channels=built.channels,
         normalization=built.normalization,
+        contrast=config.contrast,
     )
     data = load_dataset(config.data, classes, contract, settings, limit=config.limit, seed=config.seed)
     split = split_by_patient(data.patient_ids, data.labels, seed=config.seed, fractions=config.fractions)
@@ -182,7 +190,12 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         len(y_test),
         weights,
     )
-    common = {"output": built.output, "batch_size": config.batch_size, "seed": config.seed}
+    common = {
+        "output": built.output,
+        "num_classes": len(classes),
+        "batch_size": config.batch_size,
+        "seed": config.seed,
+    }
     train_ds = make_dataset(
         x_train, y_train, contract, augmentation=config.augmentation, shuffle=True, **common
     )

@@ -69,6 +69,16 @@ def _readable(metrics: dict) -> str:
 @click.option(
     "--patience", type=int, default=5, show_default=True, help="Early-stopping patience (val loss)."
 )
+@click.option(
+    "--label-smoothing", type=float, default=0.0, show_default=True, help="Cross-entropy label smoothing."
+)
+@click.option(
+    "--contrast",
+    type=click.Choice(["none", "clahe"]),
+    default="none",
+    show_default=True,
+    help="Contrast step of the input contract (inference applies it too: it goes in the manifest).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--flip/--no-flip",
@@ -95,6 +105,8 @@ def train(
     batch_size: int,
     learning_rate: float,
     patience: int,
+    label_smoothing: float,
+    contrast: str,
     seed: int,
     flip: bool,
     deterministic: bool,
@@ -126,6 +138,8 @@ def train(
         batch_size=batch_size,
         learning_rate=learning_rate,
         patience=patience,
+        label_smoothing=label_smoothing,
+        contrast=contrast,
         seed=seed,
         augmentation=Augmentation(horizontal_flip=flip),
         deterministic=deterministic,

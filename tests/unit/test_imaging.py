@@ -156,3 +156,21 @@ def test_preprocess_enforces_its_input_contract():
         preprocess(np.zeros((10, 10), dtype=np.uint8), contract)
     with pytest.raises(ImageError, match="2-D gray"):
         preprocess(np.zeros((10, 10, 3), dtype=np.float32), contract)
+
+
+def test_clahe_contrast_spreads_a_flat_film_and_stays_in_range():
+    """A washed-out film (values 0.40–0.50) comes out of a CLAHE contract with far more contrast,
+    still in [0, 1]; the same contract without it leaves the range alone."""
+    rng = np.random.default_rng(0)
+    flat = (0.40 + 0.10 * rng.random((200, 160))).astype(np.float32)
+    plain = InputContract(height=64, width=64, channels=1, normalization="unit")
+    equalised = plain.model_copy(update={"contrast": "clahe"})
+    before, after = preprocess(flat, plain), preprocess(flat, equalised)
+    assert np.ptp(after) > 3 * np.ptp(before)
+    assert 0.0 <= after.min() and after.max() <= 1.0 and after.dtype == np.float32
+
+
+def test_a_contract_without_a_contrast_step_means_none():
+    """Manifests written before the contrast step existed load unchanged."""
+    contract = InputContract.model_validate({"height": 32, "width": 32, "channels": 1, "normalization": "unit"})
+    assert contract.contrast == "none"

@@ -35,6 +35,11 @@ class InputContract(BaseModel):
         description="stretch: resize to height×width ignoring aspect (as the seed models were "
         "trained); pad: keep aspect and pad with black.",
     )
+    contrast: Literal["none", "clahe"] = Field(
+        default="none",
+        description="clahe: contrast-limited adaptive histogram equalisation of the resized gray "
+        "image (8×8 tiles, clip limit 2), which evens out exposure between scanners and sites.",
+    )
     grayscale_to_channels: Literal["replicate"] = "replicate"
     dtype: Literal["float32"] = "float32"
 

@@ -41,6 +41,23 @@ def resize_gray(pixels: np.ndarray, height: int, width: int, mode: str = "stretc
     return np.asarray(canvas, dtype=np.float32)
 
 
+CLAHE_TILES = (8, 8)
+CLAHE_CLIP_LIMIT = 2.0
+
+
+def clahe(gray: np.ndarray) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation of a float [0, 1] image, at 16 bits.
+
+    OpenCV's implementation: about 0.2 ms at 224×224, where scikit-image's takes 6 ms, which
+    would cost a CPU worker more than decoding does.
+    """
+    import cv2
+
+    equaliser = cv2.createCLAHE(clipLimit=CLAHE_CLIP_LIMIT, tileGridSize=CLAHE_TILES)
+    levels = np.round(gray * 65535.0).astype(np.uint16)
+    return equaliser.apply(levels).astype(np.float32) / 65535.0
+
+
 def preprocess(pixels: np.ndarray, contract: InputContract) -> np.ndarray:
     """float32 (H, W) in [0, 1] → float32 (contract.height, contract.width, contract.channels)."""
     if pixels.ndim != 2:
@@ -52,6 +69,8 @@ def preprocess(pixels: np.ndarray, contract: InputContract) -> np.ndarray:
         raise ImageError(f"preprocess expects values in [0, 1], got [{low:.4g}, {high:.4g}]")
 
     gray = np.clip(resize_gray(pixels, contract.height, contract.width, contract.resize), 0.0, 1.0)
+    if contract.contrast == "clahe":
+        gray = clahe(gray)
     image = gray[..., None]
     if contract.channels == 3:
         image = np.repeat(image, 3, axis=-1)
