@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from cxr.core.errors import ManifestError
 from cxr.core.imaging.contract import InputContract, Normalization
@@ -20,6 +21,7 @@ def import_model(
     classes: list[str],
     image_size: int,
     normalization: Normalization = "unit",
+    contrast: Literal["none", "clahe"] = "none",
     architecture: str = "imported",
     description: str = "",
     aliases: tuple[str, ...] = (),
@@ -47,7 +49,7 @@ def import_model(
     else:
         raise ManifestError(f"{path.name}: the model has {units} output units for {len(classes)} classes")
     contract = InputContract(
-        height=image_size, width=image_size, channels=channels, normalization=normalization
+        height=image_size, width=image_size, channels=channels, normalization=normalization, contrast=contrast
     )
     with tempfile.TemporaryDirectory() as tmp:
         keras_file = Path(tmp) / "model.keras"

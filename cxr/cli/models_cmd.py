@@ -80,7 +80,8 @@ def show(ref: str, as_json: bool) -> None:
     click.echo(f"  file      {resolved.uri}")
     click.echo(f"  sha256    {manifest.sha256}")
     click.echo(f"  input     {manifest.input.height}×{manifest.input.width}×{manifest.input.channels}, "
-               f"{manifest.input.normalization}, {manifest.input.resize}")  # fmt: skip
+               f"{manifest.input.normalization}, {manifest.input.resize}, "
+               f"contrast {manifest.input.contrast}")  # fmt: skip
     click.echo(f"  grad-cam  {manifest.gradcam_layer}")
     click.echo(f"  parent    {manifest.parent_version}")
     click.echo(f"  aliases   {data['aliases']}")
@@ -138,19 +139,27 @@ def pull(ref: str, as_json: bool) -> None:
     show_default=True,
     help="Value range the model was trained on (unit = [0, 1], as the seed models).",
 )
+@click.option(
+    "--contrast",
+    type=click.Choice(["none", "clahe"]),
+    default="none",
+    show_default=True,
+    help="Contrast step the model was trained with (clahe: OpenCV CLAHE, 8×8 tiles, clip 2).",
+)
 @click.option("--alias", "aliases", multiple=True, help="Also point this alias at the new version.")
 @json_option
 @handle_errors
 def import_(
-    file: Path, name: str, classes: str, image_size: int, normalization: str, aliases: tuple[str, ...],
-    as_json: bool,
+    file: Path, name: str, classes: str, image_size: int, normalization: str, contrast: str,
+    aliases: tuple[str, ...], as_json: bool,
 ) -> None:  # fmt: skip
     """Register a .keras or .h5 model trained elsewhere (loaded in safe mode first)."""
     from modelstore.importing import import_model
 
     manifest = import_model(
         _store(), file, name=name, classes=[c.strip() for c in classes.split(",") if c.strip()],
-        image_size=image_size, normalization=normalization, aliases=aliases,  # type: ignore[arg-type]
+        image_size=image_size, normalization=normalization, contrast=contrast,  # type: ignore[arg-type]
+        aliases=aliases,
     )  # fmt: skip
     if as_json:
         emit_json(

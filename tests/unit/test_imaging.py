@@ -167,10 +167,11 @@ def test_clahe_contrast_spreads_a_flat_film_and_stays_in_range():
     equalised = plain.model_copy(update={"contrast": "clahe"})
     before, after = preprocess(flat, plain), preprocess(flat, equalised)
     assert np.ptp(after) > 3 * np.ptp(before)
-    assert 0.0 <= after.min() and after.max() <= 1.0 and after.dtype == np.float32
+    assert after.min() >= 0.0 and after.max() <= 1.0 and after.dtype == np.float32
 
 
 def test_a_contract_without_a_contrast_step_means_none():
     """Manifests written before the contrast step existed load unchanged."""
-    contract = InputContract.model_validate({"height": 32, "width": 32, "channels": 1, "normalization": "unit"})
+    stored = {"height": 32, "width": 32, "channels": 1, "normalization": "unit"}
+    contract = InputContract.model_validate(stored)
     assert contract.contrast == "none"
