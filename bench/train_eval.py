@@ -56,6 +56,7 @@ def run_one(arch: str, mode: str, args: argparse.Namespace, settings: Settings) 
         fine_tune_layers=args.fine_tune_layers if weights != "none" else 0, batch_size=args.batch_size,
         fine_tune_epochs=args.fine_tune_epochs, label_smoothing=args.label_smoothing, contrast=args.contrast,
         seed=args.seed, limit=args.limit, bootstrap_resamples=args.bootstrap, verbose=2,
+        publish=True,  # into the run's scratch store, so that `cxr explain`/`cxr score` can use it
     )  # fmt: skip
     result = train(config, settings)
     m = result.metrics
@@ -75,6 +76,7 @@ def run_one(arch: str, mode: str, args: argparse.Namespace, settings: Settings) 
         "ci95": m["ci95"],
         "report": result.report_uri,
         "run_id": result.run_id,
+        "model": result.model_ref,
     }
 
 
