@@ -54,7 +54,8 @@ def run_one(arch: str, mode: str, args: argparse.Namespace, settings: Settings) 
         data=args.data, arch=arch, classes=MODES[mode], name=f"bench-{arch.replace('_', '-')}-{mode}",
         image_size=args.image_size, epochs=args.epochs, weights=weights,
         fine_tune_layers=args.fine_tune_layers if weights != "none" else 0, batch_size=args.batch_size,
-        fine_tune_epochs=args.fine_tune_epochs, label_smoothing=args.label_smoothing, contrast=args.contrast,
+        fine_tune_epochs=args.fine_tune_epochs, fine_tune_learning_rate=args.fine_tune_learning_rate,
+        label_smoothing=args.label_smoothing, contrast=args.contrast,
         seed=args.seed, limit=args.limit, bootstrap_resamples=args.bootstrap, verbose=2,
         publish=True,  # into the run's scratch store, so that `cxr explain`/`cxr score` can use it
     )  # fmt: skip
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--fine-tune-layers", type=int, default=0)
     parser.add_argument("--fine-tune-epochs", type=int, default=10)
+    parser.add_argument("--fine-tune-learning-rate", type=float, default=None)
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--contrast", choices=("none", "clahe"), default="none")
     parser.add_argument("--seed", type=int, default=0)

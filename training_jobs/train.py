@@ -46,6 +46,7 @@ class TrainConfig:
     weights: str = "none"
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float | None = None  # default: a tenth of learning_rate
     batch_size: int = 32
     learning_rate: float = 1e-3
     patience: int = 5
@@ -130,16 +131,27 @@ def fit(
     _compile(built, config.learning_rate, config.label_smoothing)
     history = phase(config.epochs, 0)
     if built.pretrained and config.fine_tune_layers > 0 and config.fine_tune_epochs > 0:
+        frozen_best, frozen_weights = min(history["val_loss"]), built.model.get_weights()
+        rate = config.fine_tune_learning_rate or config.learning_rate / 10
         unfrozen = unfreeze_top(built, config.fine_tune_layers)
         log.info(
             "fine-tuning the top %d layers (%d with weights) at lr %g",
             config.fine_tune_layers,
             unfrozen,
-            config.learning_rate / 10,
+            rate,
         )
-        _compile(built, config.learning_rate / 10, config.label_smoothing)
-        for key, values in phase(config.fine_tune_epochs, len(history["loss"])).items():
+        _compile(built, rate, config.label_smoothing)
+        tuned = phase(config.fine_tune_epochs, len(history["loss"]))
+        for key, values in tuned.items():
             history.setdefault(key, []).extend(values)
+        # Early stopping restores the best epoch *of this phase*; if no fine-tuning epoch beat
+        # the frozen model on validation loss, the frozen model is the better one.
+        if min(tuned["val_loss"]) >= frozen_best:
+            built.model.set_weights(frozen_weights)
+            log.info(
+                "fine-tuning never beat the frozen model's validation loss %.4f; kept the frozen weights",
+                frozen_best,
+            )
     return history
 
 

@@ -64,6 +64,9 @@ def _readable(metrics: dict) -> str:
     help="Unfreeze the top N base layers after the head is trained (pretrained models).",
 )
 @click.option("--fine-tune-epochs", type=int, default=10, show_default=True)
+@click.option(
+    "--fine-tune-learning-rate", type=float, default=None, help="Default: a tenth of --learning-rate."
+)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True)
 @click.option(
@@ -102,6 +105,7 @@ def train(
     weights: str,
     fine_tune_layers: int,
     fine_tune_epochs: int,
+    fine_tune_learning_rate: float | None,
     batch_size: int,
     learning_rate: float,
     patience: int,
@@ -135,6 +139,7 @@ def train(
         weights=weights,
         fine_tune_layers=fine_tune_layers,
         fine_tune_epochs=fine_tune_epochs,
+        fine_tune_learning_rate=fine_tune_learning_rate,
         batch_size=batch_size,
         learning_rate=learning_rate,
         patience=patience,
