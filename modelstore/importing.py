@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 from cxr.core.errors import ManifestError
-from cxr.core.imaging.contract import InputContract, Normalization
+from cxr.core.imaging.contract import Contrast, InputContract, Normalization
 from modelstore.loading import last_conv_layer, library_versions, load_keras_model
 from modelstore.manifest import Manifest
 from modelstore.store import ModelStore
@@ -21,7 +20,7 @@ def import_model(
     classes: list[str],
     image_size: int,
     normalization: Normalization = "unit",
-    contrast: Literal["none", "clahe"] = "none",
+    contrast: Contrast = "none",
     architecture: str = "imported",
     description: str = "",
     aliases: tuple[str, ...] = (),

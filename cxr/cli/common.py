@@ -14,6 +14,14 @@ from cxr.core.errors import CxrError
 from cxr.core.settings import Settings, get_settings, scrub_secrets
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+contrast_option = click.option(
+    "--contrast",
+    type=click.Choice(["none", "clahe"]),
+    default="none",
+    show_default=True,
+    help="Contrast step of the model's input contract, applied by training and inference alike "
+    "(clahe: CLAHE, 8×8 tiles, clip limit 2).",
+)
 
 
 def emit_json(data: Any) -> None:

@@ -8,7 +8,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from cxr.cli.common import emit_json, handle_errors, json_option, ready_settings
+from cxr.cli.common import contrast_option, emit_json, handle_errors, json_option, ready_settings
 
 
 def _store():
@@ -139,13 +139,7 @@ def pull(ref: str, as_json: bool) -> None:
     show_default=True,
     help="Value range the model was trained on (unit = [0, 1], as the seed models).",
 )
-@click.option(
-    "--contrast",
-    type=click.Choice(["none", "clahe"]),
-    default="none",
-    show_default=True,
-    help="Contrast step the model was trained with (clahe: OpenCV CLAHE, 8×8 tiles, clip 2).",
-)
+@contrast_option
 @click.option("--alias", "aliases", multiple=True, help="Also point this alias at the new version.")
 @json_option
 @handle_errors

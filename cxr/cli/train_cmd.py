@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from cxr.cli.common import emit_json, handle_errors, json_option, ready_settings
+from cxr.cli.common import contrast_option, emit_json, handle_errors, json_option, ready_settings
 
 ARCH_CHOICES = (
     "simple_cnn",
@@ -75,13 +75,7 @@ def _readable(metrics: dict) -> str:
 @click.option(
     "--label-smoothing", type=float, default=0.0, show_default=True, help="Cross-entropy label smoothing."
 )
-@click.option(
-    "--contrast",
-    type=click.Choice(["none", "clahe"]),
-    default="none",
-    show_default=True,
-    help="Contrast step of the input contract (inference applies it too: it goes in the manifest).",
-)
+@contrast_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
     "--flip/--no-flip",

@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field
 #:  raw255      [0, 255]                    (EfficientNet, which rescales inside the model)
 Normalization = Literal["unit", "symmetric", "caffe", "torch", "raw255"]
 
+#: A contrast step after resizing: none, or CLAHE (see ``preprocess.clahe``).
+Contrast = Literal["none", "clahe"]
+
 
 class InputContract(BaseModel):
     """Shape and value range of the model's input, and how an X-ray is brought to it."""
@@ -35,7 +38,7 @@ class InputContract(BaseModel):
         description="stretch: resize to height×width ignoring aspect (as the seed models were "
         "trained); pad: keep aspect and pad with black.",
     )
-    contrast: Literal["none", "clahe"] = Field(
+    contrast: Contrast = Field(
         default="none",
         description="clahe: contrast-limited adaptive histogram equalisation of the resized gray "
         "image (8×8 tiles, clip limit 2), which evens out exposure between scanners and sites.",
