@@ -84,10 +84,12 @@ def to_model_input(gray: Any, contract: InputContract) -> Any:
     return tf.cast(tf.autograph.experimental.do_not_convert(normalize)(image, contract), tf.float32)
 
 
-def targets(labels: np.ndarray, output: str, num_classes: int) -> np.ndarray:
+def targets(labels: np.ndarray, output: str, num_classes: int | None) -> np.ndarray:
     """Sigmoid models learn P(classes[1]) from a float (N, 1); softmax models one-hot rows."""
     if output == "sigmoid":
         return np.asarray(labels, dtype=np.float32).reshape(-1, 1)
+    if num_classes is None:
+        raise ValueError("softmax targets need num_classes (the width of the one-hot rows)")
     return np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
 
 
@@ -98,7 +100,7 @@ def make_dataset(
     *,
     output: str,
     batch_size: int,
-    num_classes: int = 2,
+    num_classes: int | None = None,
     augmentation: Augmentation | None = None,
     shuffle: bool = False,
     seed: int = 0,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr.core.imaging import InputContract
+from cxr.core.imaging.contract import Contrast
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store
 from modelstore.manifest import validate_alias, validate_name
@@ -51,7 +52,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     patience: int = 5
     label_smoothing: float = 0.0
-    contrast: str = "none"  # the input contract's contrast step: none | clahe
+    contrast: Contrast = "none"  # the input contract's contrast step
     seed: int = 0
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     augmentation: Augmentation = field(default_factory=Augmentation)
