@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import secrets
 import shutil
 import time
@@ -299,6 +300,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "chunk_size": args.chunk_size,
         "decode_threads": args.decode_threads,
         "decode_niceness": args.decode_niceness,
+        "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "bare_ips": median([row["bare_ips"] for row in rows]),
         "e2e_ips": median([row["e2e_ips"] for row in rows]),
         "naive_ips": median([row["naive_ips"] for row in rows]),

@@ -2,11 +2,14 @@
 
     python bench/train_eval.py                                   # the full benchmark (hours on CPU)
     python bench/train_eval.py --archs simple_cnn --epochs 1 --image-size 64 --limit 120   # smoke
+    python bench/train_eval.py --archs mobilenetv2+resnet50+vgg16 --head logistic --seeds 0,1,2
 
-Every run uses the same patient-level split (70/10/20, seed 0 unless --seed) through
+Every run uses the same patient-level split (70/10/20, seed 0 unless --seeds lists others: each
+seed is another split, which shows how much a figure owes to one particular test set) through
 ``training_jobs.train.train``, exactly as ``cxr train`` does, in a scratch data directory (its own
 SQLite and object store) unless --data-dir says otherwise. ImageNet weights are taken from
---weights-dir for the architectures that have a file there; the others train from scratch.
+--weights-dir for the architectures that have a file there (an ensemble only when every member
+has one); the others train from scratch.
 Prints a table and writes JSON. Research use only, not for clinical decisions.
 """
 
@@ -24,39 +27,43 @@ from rich.console import Console
 from rich.table import Table
 
 from cxr.core.db.migrate import upgrade
+from cxr.core.errors import ConfigurationError
 from cxr.core.settings import Settings
-from training_jobs.architectures import ARCHITECTURES
+from training_jobs.architectures import ARCHITECTURES, ensemble_members, is_ensemble, resolve_weights
 from training_jobs.train import TrainConfig, train
 
 #: ``../shared`` beside the checkout: the dev data and the offline ImageNet weights.
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
 MODES = {"3class": ("covid", "normal", "pneumonia"), "binary": ("covid", "non-covid")}
-WEIGHT_FILES = {
-    "mobilenetv2": "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-    "resnet50": "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-    "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-}
-COLUMNS = ("arch", "mode", "weights", "params", "train_min", "macro_f1", "covid_sens", "covid_spec",
-           "covid_auc", "macro_auc")  # fmt: skip
+COLUMNS = ("arch", "mode", "head", "seed", "weights", "params", "train_min", "macro_f1", "covid_sens",
+           "covid_spec", "covid_auc", "macro_auc")  # fmt: skip
 
 
 def weights_for(arch: str, weights_dir: Path | None) -> str:
-    if weights_dir is None or arch not in WEIGHT_FILES:
+    """The weights folder when it holds Keras' official file for every member, else "none"."""
+    if weights_dir is None:
         return "none"
-    path = weights_dir / WEIGHT_FILES[arch]
-    return str(path) if path.is_file() else "none"
+    members = ensemble_members(arch) if is_ensemble(arch) else (arch,)
+    try:
+        for member in members:
+            resolve_weights(str(weights_dir), member)
+    except (ConfigurationError, KeyError):  # no file there, or a from-scratch architecture
+        return "none"
+    return str(weights_dir)
 
 
-def run_one(arch: str, mode: str, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+def run_one(arch: str, mode: str, seed: int, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     weights = weights_for(arch, args.weights_dir)
+    head = args.head if weights != "none" else "dense"
+    name = f"bench-{arch.replace('_', '-').replace('+', '-')}-{mode}-{head}-s{seed}"
     config = TrainConfig(
-        data=args.data, arch=arch, classes=MODES[mode], name=f"bench-{arch.replace('_', '-')}-{mode}",
+        data=args.data, arch=arch, classes=MODES[mode], name=name, head=head,
         image_size=args.image_size, epochs=args.epochs, weights=weights,
         fine_tune_layers=args.fine_tune_layers if weights != "none" else 0, batch_size=args.batch_size,
         fine_tune_epochs=args.fine_tune_epochs, fine_tune_learning_rate=args.fine_tune_learning_rate,
         label_smoothing=args.label_smoothing, contrast=args.contrast,
-        seed=args.seed, limit=args.limit, bootstrap_resamples=args.bootstrap, verbose=2,
+        seed=seed, limit=args.limit, bootstrap_resamples=args.bootstrap, verbose=2,
         publish=True,  # into the run's scratch store, so that `cxr explain`/`cxr score` can use it
     )  # fmt: skip
     result = train(config, settings)
@@ -64,6 +71,8 @@ def run_one(arch: str, mode: str, args: argparse.Namespace, settings: Settings) 
     return {
         "arch": arch,
         "mode": mode,
+        "head": head,
+        "seed": seed,
         "weights": "imagenet-file" if weights != "none" else "none",
         "params": result.parameters,
         "train_min": round(result.train_seconds / 60, 2),
@@ -78,6 +87,7 @@ def run_one(arch: str, mode: str, args: argparse.Namespace, settings: Settings) 
         "report": result.report_uri,
         "run_id": result.run_id,
         "model": result.model_ref,
+        "head_penalties": result.head_penalties,
     }
 
 
@@ -90,7 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data", default=str(SHARED / "data" / "cxr-dev" / "manifest.csv"))
-    parser.add_argument("--archs", default=",".join(ARCHITECTURES), help="comma-separated")
+    parser.add_argument(
+        "--archs",
+        default=",".join(ARCHITECTURES),
+        help="comma-separated; join pretrained ones with + for an ensemble",
+    )
+    parser.add_argument(
+        "--head", choices=("dense", "logistic"), default="dense", help="for pretrained models"
+    )
     parser.add_argument("--modes", default="3class,binary", help="3class and/or binary")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--image-size", type=int, default=224)
@@ -100,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fine-tune-learning-rate", type=float, default=None)
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--contrast", choices=("none", "clahe"), default="none")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", default="0", help="comma-separated split seeds; one run per seed")
     parser.add_argument("--limit", type=int, default=None, help="seeded subset of N images (smoke runs)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     parser.add_argument("--budget-minutes", type=float, default=240.0, help="skip runs once this is spent")
@@ -115,15 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     upgrade(settings=settings)
     started = time.monotonic()
     rows: list[dict[str, Any]] = []
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         for arch in [a.strip() for a in args.archs.split(",") if a.strip()]:
-            spent = (time.monotonic() - started) / 60
-            if spent > args.budget_minutes:
-                rows.append({"arch": arch, "mode": mode, "skipped": f"time budget spent ({spent:.0f} min)"})
-                continue
-            rows.append(run_one(arch, mode, args, settings))
+            for seed in seeds:
+                spent = (time.monotonic() - started) / 60
+                if spent > args.budget_minutes:
+                    skipped = f"time budget spent ({spent:.0f} min)"
+                    rows.append({"arch": arch, "mode": mode, "seed": seed, "skipped": skipped})
+                    continue
+                rows.append(run_one(arch, mode, seed, args, settings))
 
-    table = Table(*COLUMNS, title=f"cxr-dev, split by patient 70/10/20 seed {args.seed}, test split")
+    table = Table(*COLUMNS, title=f"cxr-dev, split by patient 70/10/20 (seeds {args.seeds}), test split")
     for row in rows:
         table.add_row(*(_cell(row.get(c, row.get("skipped", "") if c == "params" else "")) for c in COLUMNS))
     Console(width=160).print(table)

@@ -4,6 +4,12 @@ Each builder returns a ``BuiltModel``: the Keras model, the input normalization 
 expect (which goes into the manifest's ``InputContract``), the layer Grad-CAM should read, and
 the layers of the pretrained base (for freezing and fine-tuning).
 
+An **ensemble** is named by joining application names with ``+`` (``mobilenetv2+resnet50+vgg16``):
+one model whose input is the gray image in [0, 1] replicated to three channels; each member maps
+it to its own value range with a Keras ``Normalization`` layer (the same affine map as
+``preprocess.normalize``), runs its base and its own head, and the output is the mean of the
+members' probabilities. Grad-CAM reads the first member's last convolution.
+
 Rules that keep models portable: Keras 3 layers only (no ``tf.*``, no ``Lambda``, so files load
 in safe mode on any backend); application bases are built on the model's own input tensor, so
 every layer (and the Grad-CAM layer) sits at the top level of the model, not inside a nested
@@ -25,6 +31,14 @@ from cxr.core.imaging import Normalization
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Head:
+    """A linear head on pooled features: where its features come from and its Dense layer."""
+
+    features_layer: str
+    dense_layer: str
+
+
 @dataclass
 class BuiltModel:
     model: Any  # keras.Model
@@ -33,10 +47,17 @@ class BuiltModel:
     channels: int
     output: str  # "sigmoid" | "softmax"
     base_layers: list[Any] = field(default_factory=list)  # pretrained base; empty for scratch models
+    #: Linear heads on pooled base features (one per ensemble member); empty for scratch models.
+    heads: list[Head] = field(default_factory=list)
+    members: tuple[str, ...] = ()  # the applications of an ensemble, in order; () for one model
 
     @property
     def pretrained(self) -> bool:
         return bool(self.base_layers)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.members) > 1
 
 
 @dataclass(frozen=True)
@@ -44,29 +65,38 @@ class _Application:
     constructor: str  # attribute of keras.applications
     normalization: Normalization
     gradcam_layer: str
+    weights_file: str  # Keras' official name of the no-top ImageNet weights (224 px where it matters)
 
 
 # Normalizations follow each application's own preprocess_input (caffe for VGG/ResNet, torch
 # for DenseNet, [-1, 1] for MobileNetV2; EfficientNet rescales inside the model).
+_KERAS_NOTOP = "_weights_tf_dim_ordering_tf_kernels_notop.h5"
 _APPLICATIONS: dict[str, _Application] = {
-    "vgg16": _Application("VGG16", "caffe", "block5_conv3"),
-    "vgg19": _Application("VGG19", "caffe", "block5_conv4"),
-    "resnet50": _Application("ResNet50", "caffe", "conv5_block3_out"),
-    "densenet121": _Application("DenseNet121", "torch", "relu"),
-    "mobilenetv2": _Application("MobileNetV2", "symmetric", "out_relu"),
-    "efficientnetb0": _Application("EfficientNetB0", "raw255", "top_activation"),
+    "vgg16": _Application("VGG16", "caffe", "block5_conv3", f"vgg16{_KERAS_NOTOP}"),
+    "vgg19": _Application("VGG19", "caffe", "block5_conv4", f"vgg19{_KERAS_NOTOP}"),
+    "resnet50": _Application("ResNet50", "caffe", "conv5_block3_out", f"resnet50{_KERAS_NOTOP}"),
+    "densenet121": _Application("DenseNet121", "torch", "relu", f"densenet121{_KERAS_NOTOP}"),
+    "mobilenetv2": _Application(
+        "MobileNetV2",
+        "symmetric",
+        "out_relu",
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
+    ),
+    "efficientnetb0": _Application("EfficientNetB0", "raw255", "top_activation", "efficientnetb0_notop.h5"),
 }
+ENSEMBLE_SEPARATOR = "+"
 SCRATCH = ("simple_cnn", "alexnet")
 ARCHITECTURES = (*SCRATCH, *_APPLICATIONS)
 
 
-def _head(x: Any, num_classes: int, dropout: float) -> tuple[Any, str]:
+def _head(x: Any, num_classes: int, dropout: float, prefix: str = "") -> tuple[Any, str]:
     import keras
 
     if dropout:
-        x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+        x = keras.layers.Dropout(dropout, name=f"{prefix}head_dropout")(x)
     units, activation = (1, "sigmoid") if num_classes == 2 else (num_classes, "softmax")
-    outputs = keras.layers.Dense(units, activation=activation, dtype="float32", name="predictions")(x)
+    dense = keras.layers.Dense(units, activation=activation, dtype="float32", name=f"{prefix}predictions")
+    outputs = dense(x)
     return outputs, activation
 
 
@@ -117,16 +147,56 @@ def _alexnet(image_size: int, num_classes: int) -> BuiltModel:
     return BuiltModel(model, "unit", "conv5", 1, activation)
 
 
-def resolve_weights(weights: str) -> str | None:
-    """'none' → None (random init), 'imagenet' → Keras' download, anything else → a local file."""
+def is_ensemble(name: str) -> bool:
+    return ENSEMBLE_SEPARATOR in name
+
+
+def ensemble_members(name: str) -> tuple[str, ...]:
+    """``a+b+c`` → (a, b, c), each an application architecture, none twice."""
+    members = tuple(part.strip() for part in name.split(ENSEMBLE_SEPARATOR))
+    unknown = [m for m in members if m not in _APPLICATIONS]
+    if unknown or len(members) < 2 or len(set(members)) != len(members):
+        raise ConfigurationError(
+            f"an ensemble joins two or more distinct pretrained architectures with '+' "
+            f"({', '.join(_APPLICATIONS)}), got {name!r}"
+        )
+    return members
+
+
+def resolve_weights(weights: str, arch: str) -> str | None:
+    """'none' → None (random init), 'imagenet' → Keras' download, a file → that file, a directory
+    → the file with Keras' official no-top name for ``arch`` in it (how an ensemble finds the
+    weights of each member offline)."""
     if weights == "none":
         return None
     if weights == "imagenet":
         return "imagenet"
     path = Path(weights).expanduser()
+    if path.is_dir():
+        candidate = path / _APPLICATIONS[arch].weights_file
+        if not candidate.is_file():
+            raise ConfigurationError(
+                f"no {arch} weights in {weights}: expected {candidate.name} (Keras' official name)"
+            )
+        return str(candidate)
     if not path.is_file():
-        raise ConfigurationError(f"weights file {weights} does not exist (use none, imagenet or a path)")
+        raise ConfigurationError(
+            f"weights {weights} does not exist (use none, imagenet, a weights file or a folder of them)"
+        )
     return str(path)
+
+
+def _base(name: str, inputs: Any, image_size: int, weights: str) -> tuple[Any, str | None]:
+    import keras
+
+    constructor: Callable[..., Any] = getattr(keras.applications, _APPLICATIONS[name].constructor)
+    source = resolve_weights(weights, name)
+    try:
+        return constructor(include_top=False, weights=source, input_tensor=inputs), source
+    except ValueError as exc:
+        raise ConfigurationError(
+            f"cannot build {name} at {image_size} px with weights {weights}: {exc}"
+        ) from exc
 
 
 def _application(name: str, image_size: int, num_classes: int, weights: str) -> BuiltModel:
@@ -134,23 +204,65 @@ def _application(name: str, image_size: int, num_classes: int, weights: str) -> 
 
     spec = _APPLICATIONS[name]
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    constructor: Callable[..., Any] = getattr(keras.applications, spec.constructor)
-    source = resolve_weights(weights)
-    try:
-        base = constructor(include_top=False, weights=source, input_tensor=inputs)
-    except ValueError as exc:
-        raise ConfigurationError(
-            f"cannot build {name} at {image_size} px with weights {weights}: {exc}"
-        ) from exc
+    base, source = _base(name, inputs, image_size, weights)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool_head")(base.output)
     outputs, activation = _head(x, num_classes, 0.3)
     model = keras.Model(inputs, outputs, name=name)
     base_layers = [layer for layer in base.layers if layer is not base.layers[0]] if source else []
-    return BuiltModel(model, spec.normalization, spec.gradcam_layer, 3, activation, base_layers)
+    heads = [Head("avg_pool_head", "predictions")]
+    return BuiltModel(model, spec.normalization, spec.gradcam_layer, 3, activation, base_layers, heads)
+
+
+def member_normalization(name: str, inputs: Any) -> Any:
+    """[0, 1] three-channel input → the range member ``name`` expects, as an in-model layer."""
+    import keras
+
+    from cxr.core.imaging import InputContract
+    from cxr.core.imaging.preprocess import normalization_affine
+
+    contract = InputContract(height=1, width=1, channels=3, normalization=_APPLICATIONS[name].normalization)
+    mean, std = normalization_affine(contract)
+    layer = keras.layers.Normalization(
+        mean=mean.tolist(), variance=(std**2).tolist(), name=f"{name}_input_normalization"
+    )
+    return layer(inputs)
+
+
+def _ensemble(name: str, image_size: int, num_classes: int, weights: str) -> BuiltModel:
+    """Members side by side on one input, probabilities averaged (see the module docstring)."""
+    import keras
+
+    members = ensemble_members(name)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    outputs, base_layers, heads, activation = [], [], [], "softmax"
+    for member in members:
+        normalized = f"{member}_input_normalization"
+        base, source = _base(member, member_normalization(member, inputs), image_size, weights)
+        pooled = keras.layers.GlobalAveragePooling2D(name=f"{member}_avg_pool_head")(base.output)
+        out, activation = _head(pooled, num_classes, 0.3, prefix=f"{member}_")
+        outputs.append(out)
+        heads.append(Head(f"{member}_avg_pool_head", f"{member}_predictions"))
+        if source:  # the base's own layers, without the shared input and the normalization
+            base_layers += [
+                layer
+                for layer in base.layers
+                if not isinstance(layer, keras.layers.InputLayer) and layer.name != normalized
+            ]
+    averaged = keras.layers.Average(dtype="float32", name="predictions")(outputs)
+    try:
+        model = keras.Model(inputs, averaged, name=name.replace(ENSEMBLE_SEPARATOR, "_"))
+    except ValueError as exc:  # Keras names layers per application; some share names
+        raise ConfigurationError(
+            f"ensemble {name} cannot be built: its members share layer names ({exc}); "
+            "combine architectures from different families (e.g. mobilenetv2+resnet50+vgg16)"
+        ) from exc
+    gradcam = _APPLICATIONS[members[0]].gradcam_layer
+    return BuiltModel(model, "unit", gradcam, 3, activation, base_layers, heads, members)
 
 
 def build_model(name: str, *, image_size: int, num_classes: int, weights: str = "none") -> BuiltModel:
-    """The named architecture for square ``image_size`` inputs and ``num_classes`` outputs."""
+    """The named architecture (or ``a+b`` ensemble) for square ``image_size`` inputs and
+    ``num_classes`` outputs."""
     if num_classes < 2:
         raise ConfigurationError(f"need at least two classes, got {num_classes}")
     if name in SCRATCH and weights != "none":
@@ -161,8 +273,13 @@ def build_model(name: str, *, image_size: int, num_classes: int, weights: str = 
         built = _alexnet(image_size, num_classes)
     elif name in _APPLICATIONS:
         built = _application(name, image_size, num_classes, weights)
+    elif is_ensemble(name):
+        built = _ensemble(name, image_size, num_classes, weights)
     else:
-        raise ConfigurationError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise ConfigurationError(
+            f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)} "
+            f"or join pretrained ones with '+'"
+        )
     log.info("built %s: %d parameters, input %s", name, built.model.count_params(), built.model.input_shape)
     return built
 

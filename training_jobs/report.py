@@ -121,6 +121,24 @@ def training_curves_png(history: Mapping[str, Sequence[float]]) -> bytes:
     return _png(fig)
 
 
+def penalty_path_png(paths: Mapping[str, Mapping[float, float]]) -> bytes:
+    """Validation log-loss against the logistic head's C, one line per head; the chosen C ringed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, path in paths.items():
+        penalties = sorted(path)
+        losses = [path[c] for c in penalties]
+        (line,) = ax.plot(penalties, losses, marker="o", label=name)
+        best = min(penalties, key=path.__getitem__)
+        ax.plot([best], [path[best]], "o", markersize=12, fillstyle="none", color=line.get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel("C (inverse L2 penalty)")
+    ax.set_ylabel("validation log-loss")
+    ax.set_title("logistic head: penalty chosen on the validation split")
+    ax.legend()
+    return _png(fig)
+
+
 def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 

@@ -2,10 +2,12 @@
 SQL rows and (optionally) a published model version carrying its metrics.
 
 Training runs in two phases for pretrained application models: the new head alone on frozen
-ImageNet features, then (``fine_tune_layers`` > 0) the top layers of the base as well, at a tenth
-of the learning rate, so the large early gradients of a random head cannot wreck the pretrained
-features. Models trained from scratch (``weights=none``) train everything in one phase. Each phase
-stops early on validation loss and restores the best epoch's weights.
+ImageNet features (trained by gradient descent, ``head="dense"``, or fitted as a logistic
+regression, ``head="logistic"``, see ``linear_probe``), then (``fine_tune_layers`` > 0) the top
+layers of the base as well, at a tenth of the learning rate, so the large early gradients of a
+random head cannot wreck the pretrained features. Models trained from scratch (``weights=none``)
+train everything in one phase. Each phase stops early on validation loss and restores the best
+epoch's weights.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from cxr.core.errors import ConfigurationError
 from cxr.core.imaging import InputContract
 from cxr.core.imaging.contract import Contrast
 from cxr.core.settings import Settings
@@ -27,11 +30,15 @@ from training_jobs import records
 from training_jobs.architectures import BuiltModel, build_model, freeze_base, unfreeze_top
 from training_jobs.assess import assess, manifest_values
 from training_jobs.datasets import describe, load_dataset
+from training_jobs.linear_probe import fit_linear_heads
 from training_jobs.pipeline import Augmentation, class_weights, make_dataset
-from training_jobs.report import training_curves_png
+from training_jobs.report import penalty_path_png, training_curves_png
 from training_jobs.splits import DEFAULT_FRACTIONS, split_by_patient
 
 log = logging.getLogger(__name__)
+
+
+HeadTraining = Literal["dense", "logistic"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,9 @@ class TrainConfig:
     image_size: int = 224
     epochs: int = 20
     weights: str = "none"
+    #: How a pretrained model's new head is trained: "dense" by gradient descent on augmented
+    #: batches, "logistic" as a regularised logistic regression on the frozen features.
+    head: HeadTraining = "dense"
     fine_tune_layers: int = 0
     fine_tune_epochs: int = 10
     fine_tune_learning_rate: float | None = None  # default: a tenth of learning_rate
@@ -77,6 +87,7 @@ class TrainResult:
     train_seconds: float
     history: dict[str, list[float]]
     runtime: dict[str, Any]
+    head_penalties: dict[str, float] = field(default_factory=dict)  # chosen C per logistic head
 
 
 def configure_runtime(seed: int, deterministic: bool) -> dict[str, Any]:
@@ -106,9 +117,16 @@ def _compile(built: BuiltModel, learning_rate: float, label_smoothing: float) ->
 
 
 def fit(
-    built: BuiltModel, train_ds: Any, val_ds: Any, config: TrainConfig, weights: dict[int, float]
+    built: BuiltModel,
+    train_ds: Any,
+    val_ds: Any,
+    config: TrainConfig,
+    weights: dict[int, float],
+    *,
+    head_fitted: bool = False,
 ) -> dict:
-    """Both phases; returns the merged per-epoch history."""
+    """Both phases; returns the merged per-epoch history. With ``head_fitted`` (a logistic head
+    is already in place) the head phase is skipped and only fine-tuning, if asked, trains."""
     import keras
 
     def phase(epochs: int, initial_epoch: int) -> dict[str, list[float]]:
@@ -130,9 +148,14 @@ def fit(
     if built.pretrained:
         freeze_base(built)
     _compile(built, config.learning_rate, config.label_smoothing)
-    history = phase(config.epochs, 0)
+    if head_fitted:
+        history: dict[str, list[float]] = {}
+        frozen_loss = float(built.model.evaluate(val_ds, verbose=0)[0])
+    else:
+        history = phase(config.epochs, 0)
+        frozen_loss = min(history["val_loss"])
     if built.pretrained and config.fine_tune_layers > 0 and config.fine_tune_epochs > 0:
-        frozen_best, frozen_weights = min(history["val_loss"]), built.model.get_weights()
+        frozen_best, frozen_weights = frozen_loss, built.model.get_weights()
         rate = config.fine_tune_learning_rate or config.learning_rate / 10
         unfrozen = unfreeze_top(built, config.fine_tune_layers)
         log.info(
@@ -142,7 +165,7 @@ def fit(
             rate,
         )
         _compile(built, rate, config.label_smoothing)
-        tuned = phase(config.fine_tune_epochs, len(history["loss"]))
+        tuned = phase(config.fine_tune_epochs, len(history.get("loss", [])))
         for key, values in tuned.items():
             history.setdefault(key, []).extend(values)
         # Early stopping restores the best epoch *of this phase*; if no fine-tuning epoch beat
@@ -176,6 +199,10 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
     built = build_model(
         config.arch, image_size=config.image_size, num_classes=len(classes), weights=config.weights
     )
+    if config.head == "logistic" and not built.heads:
+        raise ConfigurationError(f"--head logistic needs a pretrained application model, not {config.arch}")
+    if built.is_ensemble and config.fine_tune_layers > 0:
+        raise ConfigurationError("an ensemble's members are not fine-tuned; leave --fine-tune-layers at 0")
     contract = InputContract(
         height=config.image_size,
         width=config.image_size,
@@ -215,7 +242,18 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
     val_ds = make_dataset(x_val, y_val, contract, **common)
 
     started = time.monotonic()
-    history = fit(built, train_ds, val_ds, config, weights)
+    probes = {}
+    if config.head == "logistic":
+        probes = fit_linear_heads(
+            built,
+            (x_train, y_train),
+            (x_val, y_val),
+            contract,
+            num_classes=len(classes),
+            class_weight=weights,
+            batch_size=config.batch_size,
+        )
+    history = fit(built, train_ds, val_ds, config, weights, head_fitted=bool(probes))
     train_seconds = time.monotonic() - started
 
     summary = describe(data)
@@ -226,6 +264,7 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         "data": config.data,
         "data fingerprint": data.fingerprint,
         "split": f"by patient, seed {config.seed}, fractions {list(config.fractions)}; evaluated on test",
+        "head": config.head,
         "epochs run": len(history.get("loss", [])),
         "train minutes": round(train_seconds / 60, 2),
         "images per class and source": summary["per_class_and_source"] or "no source column",
@@ -245,7 +284,7 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         seed=config.seed,
         n_resamples=config.bootstrap_resamples,
         batch_size=config.batch_size,
-        extra_files={"training_curves.png": training_curves_png(history)},
+        extra_files=_training_plots(history, probes),
     )
     metrics = result.metrics
     dataset_label = f"{config.data} test split (by patient, seed {config.seed})"
@@ -299,7 +338,18 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         train_seconds=train_seconds,
         history=history,
         runtime=runtime | {"dataset": summary},
+        head_penalties={name: fitted.penalty for name, fitted in probes.items()},
     )
+
+
+def _training_plots(history: dict[str, list[float]], probes: dict[str, Any]) -> dict[str, bytes]:
+    """Loss and accuracy per epoch when any epoch ran; the penalty path of each logistic head."""
+    plots = {}
+    if history.get("loss"):
+        plots["training_curves.png"] = training_curves_png(history)
+    if probes:
+        plots["penalty_path.png"] = penalty_path_png({name: fit.val_log_loss for name, fit in probes.items()})
+    return plots
 
 
 def _publish(
@@ -330,8 +380,18 @@ def _publish(
         training_data_fingerprint=fingerprint,
         parent_version=parent[-1] if parent else None,
         library_versions=library_versions(),
-        description=f"{config.arch} (weights {config.weights}) trained by cxr train, {config.epochs} epochs",
+        description=_description(config),
         aliases=config.aliases,
     )
     log.info("published %s", manifest.ref)
     return manifest
+
+
+def _description(config: TrainConfig) -> str:
+    if config.head == "logistic":
+        how = "logistic head on frozen features" + (
+            f", then {config.fine_tune_epochs} fine-tuning epochs" if config.fine_tune_layers else ""
+        )
+    else:
+        how = f"{config.epochs} epochs"
+    return f"{config.arch} (weights {config.weights}) trained by cxr train, {how}"

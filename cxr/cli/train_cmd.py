@@ -21,6 +21,22 @@ ARCH_CHOICES = (
 )
 
 
+def _arch(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    """One architecture, or pretrained ones joined with '+' (an ensemble averaging their outputs)."""
+    if value in ARCH_CHOICES:
+        return value
+    if "+" in value:
+        from cxr.core.errors import ConfigurationError
+        from training_jobs.architectures import ensemble_members
+
+        try:
+            ensemble_members(value)
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc)) from exc
+        return value
+    raise click.BadParameter(f"{value!r} is not one of {', '.join(ARCH_CHOICES)}, nor an a+b ensemble")
+
+
 def _classes(value: str) -> tuple[str, ...]:
     classes = tuple(c.strip().lower() for c in value.split(",") if c.strip())
     if len(classes) < 2:
@@ -45,7 +61,13 @@ def _readable(metrics: dict) -> str:
 
 @click.command()
 @click.option("--data", required=True, help="Class-folder directory or manifest CSV, local or s3://.")
-@click.option("--arch", type=click.Choice(ARCH_CHOICES), required=True)
+@click.option(
+    "--arch",
+    required=True,
+    callback=_arch,
+    help=f"One of {', '.join(ARCH_CHOICES)}, or pretrained ones joined with '+' "
+    "(e.g. mobilenetv2+resnet50+vgg16: an ensemble averaging their probabilities).",
+)
 @click.option(
     "--classes",
     default="covid,normal,pneumonia",
@@ -55,7 +77,22 @@ def _readable(metrics: dict) -> str:
 @click.option("--image-size", type=int, default=224, show_default=True)
 @click.option("--epochs", type=int, default=20, show_default=True)
 @click.option("--name", required=True, help="Model name in the store.")
-@click.option("--weights", default="none", show_default=True, help="none, imagenet, or a local .h5 PATH.")
+@click.option(
+    "--weights",
+    default="none",
+    show_default=True,
+    help="none, imagenet, a local .h5 PATH, or a folder holding Keras' official no-top files "
+    "(what an ensemble needs offline).",
+)
+@click.option(
+    "--head",
+    type=click.Choice(["dense", "logistic"]),
+    default="dense",
+    show_default=True,
+    help="How a pretrained model's new head is trained: dense (gradient descent on augmented "
+    "batches, --epochs) or logistic (a regularised logistic regression on the frozen features, "
+    "its penalty chosen on the validation split).",
+)
 @click.option(
     "--fine-tune-layers",
     type=int,
@@ -97,6 +134,7 @@ def train(
     epochs: int,
     name: str,
     weights: str,
+    head: str,
     fine_tune_layers: int,
     fine_tune_epochs: int,
     fine_tune_learning_rate: float | None,
@@ -131,6 +169,7 @@ def train(
         image_size=image_size,
         epochs=epochs,
         weights=weights,
+        head=head,  # type: ignore[arg-type]  # click.Choice has checked it
         fine_tune_layers=fine_tune_layers,
         fine_tune_epochs=fine_tune_epochs,
         fine_tune_learning_rate=fine_tune_learning_rate,

@@ -53,3 +53,46 @@ def test_weights_from_a_path_then_freeze_and_unfreeze_top_layers():
     assert unfreeze_top(built, 10) > 0
     assert not any(layer.trainable for layer in built.base_layers[:-10])
     assert all(not layer.trainable for layer in built.base_layers if "bn" in layer.name.lower())
+
+
+def test_ensemble_members_see_their_own_normalization_and_average():
+    import keras
+
+    from cxr.core.imaging import InputContract
+    from cxr.core.imaging.preprocess import normalize
+
+    built = build_model("mobilenetv2+resnet50+efficientnetb0", image_size=32, num_classes=3)
+    assert built.is_ensemble and built.normalization == "unit" and built.channels == 3
+    assert built.gradcam_layer == "out_relu" and len(built.heads) == 3
+    model = built.model
+    x = np.random.default_rng(1).random((2, 32, 32, 3), dtype=np.float32)
+    for member, normalization in (
+        ("mobilenetv2", "symmetric"),
+        ("resnet50", "caffe"),
+        ("efficientnetb0", "raw255"),
+    ):
+        layer = keras.Model(model.inputs, model.get_layer(f"{member}_input_normalization").output)
+        contract = InputContract(height=32, width=32, channels=3, normalization=normalization)
+        np.testing.assert_allclose(np.asarray(layer(x)), normalize(x, contract), rtol=1e-5, atol=1e-4)
+    heads = keras.Model(model.inputs, [model.get_layer(h.dense_layer).output for h in built.heads])
+    expected = np.mean([np.asarray(out) for out in heads(x)], axis=0)
+    np.testing.assert_allclose(np.asarray(model(x)), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name", ["simple_cnn+vgg16", "vgg16+vgg16", "vgg16+", "mobilenetv2+lenet", "resnet50+densenet121"]
+)
+def test_bad_ensembles_are_refused(name):
+    with pytest.raises(ConfigurationError, match="ensemble"):
+        build_model(name, image_size=32, num_classes=2)
+
+
+def test_a_weights_folder_is_searched_for_keras_official_file_names(tmp_path):
+    from training_jobs.architectures import resolve_weights
+
+    (tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"h5")
+    assert resolve_weights(str(tmp_path), "vgg16").endswith(
+        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    )
+    with pytest.raises(ConfigurationError, match=r"resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5"):
+        resolve_weights(str(tmp_path), "resnet50")

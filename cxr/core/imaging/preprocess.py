@@ -77,21 +77,35 @@ def preprocess(pixels: np.ndarray, contract: InputContract) -> np.ndarray:
     return normalize(image, contract).astype(np.float32, copy=False)
 
 
-def normalize(image: np.ndarray, contract: InputContract) -> np.ndarray:
-    """Map [0, 1] values onto the range the model expects (see ``Normalization``)."""
+def normalization_affine(contract: InputContract) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) per channel such that the model's input is ``(x - mean) / std`` for x in [0, 1].
+
+    Every normalization is affine; stating it once as (mean, std) lets ``normalize`` (NumPy and
+    the tf.data training pipeline) and an in-model Keras ``Normalization`` layer (the members of
+    an ensemble, which each expect their own range) compute exactly the same map.
+    """
+    channels = contract.channels
     match contract.normalization:
         case "unit":
-            return image
+            mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
         case "symmetric":
-            return image * 2.0 - 1.0
+            mean, std = np.full(3, 0.5, np.float32), np.full(3, 0.5, np.float32)
         case "raw255":
-            return image * 255.0
+            mean, std = np.zeros(3, np.float32), np.full(3, 1 / 255.0, np.float32)
         case "torch":
-            if contract.channels == 1:
-                return (image - _IMAGENET_MEAN_RGB.mean()) / _IMAGENET_STD_RGB.mean()
-            return (image - _IMAGENET_MEAN_RGB) / _IMAGENET_STD_RGB
+            mean, std = _IMAGENET_MEAN_RGB, _IMAGENET_STD_RGB
         case "caffe":  # channels are BGR, but a replicated gray image is the same in any order
-            if contract.channels == 1:
-                return image * 255.0 - _CAFFE_MEAN_BGR.mean()
-            return image * 255.0 - _CAFFE_MEAN_BGR
-    raise ImageError(f"unknown normalization {contract.normalization!r}")  # pragma: no cover
+            mean, std = _CAFFE_MEAN_BGR / 255.0, np.full(3, 1 / 255.0, np.float32)
+        case _:  # pragma: no cover - the contract's Literal refuses anything else
+            raise ImageError(f"unknown normalization {contract.normalization!r}")
+    if channels == 1:
+        return mean.mean(keepdims=True), std.mean(keepdims=True)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def normalize(image: np.ndarray, contract: InputContract) -> np.ndarray:
+    """Map [0, 1] values onto the range the model expects (see ``Normalization``)."""
+    if contract.normalization == "unit":
+        return image
+    mean, std = normalization_affine(contract)
+    return (image - mean) / std
