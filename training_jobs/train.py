@@ -148,14 +148,12 @@ def fit(
     if built.pretrained:
         freeze_base(built)
     _compile(built, config.learning_rate, config.label_smoothing)
-    if head_fitted:
-        history: dict[str, list[float]] = {}
-        frozen_loss = float(built.model.evaluate(val_ds, verbose=0)[0])
-    else:
-        history = phase(config.epochs, 0)
-        frozen_loss = min(history["val_loss"])
+    history: dict[str, list[float]] = {} if head_fitted else phase(config.epochs, 0)
     if built.pretrained and config.fine_tune_layers > 0 and config.fine_tune_epochs > 0:
-        frozen_best, frozen_weights = frozen_loss, built.model.get_weights()
+        frozen_best = (
+            float(built.model.evaluate(val_ds, verbose=0)[0]) if head_fitted else min(history["val_loss"])
+        )
+        frozen_weights = built.model.get_weights()
         rate = config.fine_tune_learning_rate or config.learning_rate / 10
         unfrozen = unfreeze_top(built, config.fine_tune_layers)
         log.info(

@@ -96,3 +96,15 @@ def test_a_weights_folder_is_searched_for_keras_official_file_names(tmp_path):
     )
     with pytest.raises(ConfigurationError, match=r"resnet50_weights_tf_dim_ordering_tf_kernels_notop\.h5"):
         resolve_weights(str(tmp_path), "resnet50")
+
+
+def test_cli_refuses_a_bad_ensemble_before_loading_any_data(tmp_path):
+    from click.testing import CliRunner
+
+    from cxr.cli.main import cli
+
+    args = ["train", "--data", str(tmp_path / "absent.csv"), "--name", "x", "--arch"]
+    result = CliRunner().invoke(cli, [*args, "vgg16+simple_cnn"])
+    assert result.exit_code == 2 and "ensemble" in result.output
+    result = CliRunner().invoke(cli, [*args, "lenet"])
+    assert result.exit_code == 2 and "not one of" in result.output
