@@ -3,7 +3,7 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
-from cxr.core.errors import PermanentError
+from cxr.core.errors import ObjectNotFound, PermanentError
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store, read_uri
 from tests.store_contract import check_store_contract
@@ -40,3 +40,21 @@ def test_wrong_secret_is_refused(s3_server, s3_settings):
         open_store(settings=wrong).get("private.txt")
     assert "not-the-secret" not in str(caught.value)
     assert s3_server.secret_key not in str(caught.value)
+
+
+def test_whole_object_reads_take_the_presigned_path_and_errors_fall_back_to_boto3(s3_settings):
+    store = open_store(settings=s3_settings)
+    store.put("fast/one.bin", b"\x00payload\xff")
+    keys: list[str] = []
+    real_get_object = store.client.get_object
+
+    def counting_get_object(**kwargs):
+        keys.append(kwargs["Key"])
+        return real_get_object(**kwargs)
+
+    store.client.get_object = counting_get_object
+    assert store.get("fast/one.bin") == b"\x00payload\xff"
+    assert keys == []  # served by the presigned GET, not by get_object
+    with pytest.raises(ObjectNotFound):
+        store.get("fast/absent.bin")
+    assert [key.rsplit("/", 2)[-2:] for key in keys] == [["fast", "absent.bin"]]  # boto3 said why

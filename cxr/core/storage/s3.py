@@ -9,6 +9,7 @@ from typing import Any, BinaryIO
 import boto3
 import botocore.config
 import botocore.exceptions
+import urllib3
 
 from cxr.core.errors import ObjectNotFound, PermanentError, StorageUnavailable
 from cxr.core.settings import Settings
@@ -17,6 +18,9 @@ from cxr.core.storage.base import ObjectInfo, ObjectStore
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 _PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 _TRANSIENT_STATUS = {500, 502, 503, 504}
+
+#: A presigned GET is used at once; it only has to outlive one request.
+_PRESIGN_SECONDS = 60
 
 
 def make_s3_client(settings: Settings) -> Any:
@@ -63,6 +67,10 @@ class S3Store(ObjectStore):
         self.prefix = prefix.strip("/")
         self.client = client
         self.root_uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        # Whole-object reads (a worker's images) go through presigned URLs on this pool; see _get.
+        self._http = urllib3.PoolManager(
+            num_pools=4, maxsize=8, retries=False, timeout=urllib3.Timeout(connect=5, read=60)
+        )
 
     def _full(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -101,8 +109,29 @@ class S3Store(ObjectStore):
             raise _translate(exc, f"put-if-absent {self.uri(key)}") from exc
 
     def _get(self, key: str) -> bytes:
+        """The whole object, by a presigned GET on a plain urllib3 pool when that answers 200.
+
+        A worker reads every image once, and boto3's ``get_object`` spends about 3 ms of client
+        CPU per call in its event and parsing machinery, on the same cores as the model. Signing
+        a URL (about 0.45 ms, no network) and a plain GET (about 0.7 ms) cost a third of that
+        (docs/WORKER.md). Only the happy path is taken this way: a connection error or any
+        status but 200 falls back to ``get_object``, which retries transient failures and
+        translates errors exactly as before, so the fast path changes no behaviour but speed.
+        """
+        data = self._presigned_get(key)
+        if data is not None:
+            return data
         with self._open(key) as stream:
             return stream.read()
+
+    def _presigned_get(self, key: str) -> bytes | None:
+        try:
+            params = {"Bucket": self.bucket, "Key": self._full(key)}
+            url = self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=_PRESIGN_SECONDS)
+            response = self._http.request("GET", url, preload_content=True)
+        except (botocore.exceptions.BotoCoreError, urllib3.exceptions.HTTPError):
+            return None
+        return response.data if response.status == 200 else None
 
     def _open(self, key: str) -> BinaryIO:
         try:
