@@ -116,7 +116,7 @@ def fit_linear_heads(
     """Fit every head of ``built`` (one per ensemble member) on its frozen features and write the
     weights into its Dense layer; returns the fits by Dense layer name."""
     if not built.heads:
-        raise ConfigurationError("a logistic head needs a pretrained application model (or an ensemble)")
+        raise ConfigurationError("a logistic head needs an application model (or an ensemble of them)")
     train_features = pooled_features(built, train[0], contract, batch_size)
     val_features = pooled_features(built, val[0], contract, batch_size)
     fits: dict[str, LinearHead] = {}

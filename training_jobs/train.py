@@ -198,7 +198,9 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         config.arch, image_size=config.image_size, num_classes=len(classes), weights=config.weights
     )
     if config.head == "logistic" and not built.heads:
-        raise ConfigurationError(f"--head logistic needs a pretrained application model, not {config.arch}")
+        raise ConfigurationError(
+            f"--head logistic fits a head on an application base's pooled features; {config.arch} has none"
+        )
     if built.is_ensemble and config.fine_tune_layers > 0:
         raise ConfigurationError("an ensemble's members are not fine-tuned; leave --fine-tune-layers at 0")
     contract = InputContract(

@@ -94,3 +94,11 @@ def test_logistic_head_ensemble_trains_publishes_and_loads_safely(tmp_path, loca
     np.testing.assert_allclose(
         np.asarray(model(x)), np.mean([np.asarray(o) for o in members(x)], axis=0), atol=1e-6
     )
+
+
+def test_a_logistic_head_on_a_model_without_pooled_features_is_refused(tmp_path, local_settings):
+    upgrade(settings=local_settings)
+    config = TrainConfig(data=str(tmp_path / "absent.csv"), arch="simple_cnn", classes=("covid", "normal"),
+                         name="no-probe", head="logistic", verbose=0)  # fmt: skip
+    with pytest.raises(ConfigurationError, match="pooled features"):
+        train(config, local_settings)
