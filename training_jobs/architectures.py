@@ -49,7 +49,6 @@ class BuiltModel:
     base_layers: list[Any] = field(default_factory=list)  # pretrained base; empty for scratch models
     #: Linear heads on pooled base features (one per ensemble member); empty for scratch models.
     heads: list[Head] = field(default_factory=list)
-    members: tuple[str, ...] = ()  # the applications of an ensemble, in order; () for one model
 
     @property
     def pretrained(self) -> bool:
@@ -57,7 +56,7 @@ class BuiltModel:
 
     @property
     def is_ensemble(self) -> bool:
-        return len(self.members) > 1
+        return len(self.heads) > 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +84,7 @@ _APPLICATIONS: dict[str, _Application] = {
     "efficientnetb0": _Application("EfficientNetB0", "raw255", "top_activation", "efficientnetb0_notop.h5"),
 }
 ENSEMBLE_SEPARATOR = "+"
+_MEMBER_NORMALIZATION = "_input_normalization"  # suffix of an ensemble member's input layer
 SCRATCH = ("simple_cnn", "alexnet")
 ARCHITECTURES = (*SCRATCH, *_APPLICATIONS)
 
@@ -199,18 +199,37 @@ def _base(name: str, inputs: Any, image_size: int, weights: str) -> tuple[Any, s
         ) from exc
 
 
+def _branch(
+    name: str, tensor: Any, image_size: int, num_classes: int, weights: str, prefix: str = ""
+) -> tuple[Any, str, Head, list[Any]]:
+    """Pretrained base ``name`` on ``tensor`` with global pooling and a new head: (output,
+    activation, the head, the base's own layers when pretrained, for freezing)."""
+    import keras
+
+    base, source = _base(name, tensor, image_size, weights)
+    pooled = keras.layers.GlobalAveragePooling2D(name=f"{prefix}avg_pool_head")(base.output)
+    output, activation = _head(pooled, num_classes, 0.3, prefix=prefix)
+    own_layers = [  # without the model's input and an ensemble member's input normalization
+        layer
+        for layer in base.layers
+        if not isinstance(layer, keras.layers.InputLayer) and not layer.name.endswith(_MEMBER_NORMALIZATION)
+    ]
+    return (
+        output,
+        activation,
+        Head(f"{prefix}avg_pool_head", f"{prefix}predictions"),
+        own_layers if source else [],
+    )
+
+
 def _application(name: str, image_size: int, num_classes: int, weights: str) -> BuiltModel:
     import keras
 
     spec = _APPLICATIONS[name]
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    base, source = _base(name, inputs, image_size, weights)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool_head")(base.output)
-    outputs, activation = _head(x, num_classes, 0.3)
+    outputs, activation, head, base_layers = _branch(name, inputs, image_size, num_classes, weights)
     model = keras.Model(inputs, outputs, name=name)
-    base_layers = [layer for layer in base.layers if layer is not base.layers[0]] if source else []
-    heads = [Head("avg_pool_head", "predictions")]
-    return BuiltModel(model, spec.normalization, spec.gradcam_layer, 3, activation, base_layers, heads)
+    return BuiltModel(model, spec.normalization, spec.gradcam_layer, 3, activation, base_layers, [head])
 
 
 def member_normalization(name: str, inputs: Any) -> Any:
@@ -223,7 +242,7 @@ def member_normalization(name: str, inputs: Any) -> Any:
     contract = InputContract(height=1, width=1, channels=3, normalization=_APPLICATIONS[name].normalization)
     mean, std = normalization_affine(contract)
     layer = keras.layers.Normalization(
-        mean=mean.tolist(), variance=(std**2).tolist(), name=f"{name}_input_normalization"
+        mean=mean.tolist(), variance=(std**2).tolist(), name=f"{name}{_MEMBER_NORMALIZATION}"
     )
     return layer(inputs)
 
@@ -236,18 +255,13 @@ def _ensemble(name: str, image_size: int, num_classes: int, weights: str) -> Bui
     inputs = keras.Input((image_size, image_size, 3), name="image")
     outputs, base_layers, heads, activation = [], [], [], "softmax"
     for member in members:
-        normalized = f"{member}_input_normalization"
-        base, source = _base(member, member_normalization(member, inputs), image_size, weights)
-        pooled = keras.layers.GlobalAveragePooling2D(name=f"{member}_avg_pool_head")(base.output)
-        out, activation = _head(pooled, num_classes, 0.3, prefix=f"{member}_")
-        outputs.append(out)
-        heads.append(Head(f"{member}_avg_pool_head", f"{member}_predictions"))
-        if source:  # the base's own layers, without the shared input and the normalization
-            base_layers += [
-                layer
-                for layer in base.layers
-                if not isinstance(layer, keras.layers.InputLayer) and layer.name != normalized
-            ]
+        normalized = member_normalization(member, inputs)
+        output, activation, head, own_layers = _branch(
+            member, normalized, image_size, num_classes, weights, prefix=f"{member}_"
+        )
+        outputs.append(output)
+        heads.append(head)
+        base_layers += own_layers
     averaged = keras.layers.Average(dtype="float32", name="predictions")(outputs)
     try:
         model = keras.Model(inputs, averaged, name=name.replace(ENSEMBLE_SEPARATOR, "_"))
@@ -257,7 +271,7 @@ def _ensemble(name: str, image_size: int, num_classes: int, weights: str) -> Bui
             "combine architectures from different families (e.g. mobilenetv2+resnet50+vgg16)"
         ) from exc
     gradcam = _APPLICATIONS[members[0]].gradcam_layer
-    return BuiltModel(model, "unit", gradcam, 3, activation, base_layers, heads, members)
+    return BuiltModel(model, "unit", gradcam, 3, activation, base_layers, heads)
 
 
 def build_model(name: str, *, image_size: int, num_classes: int, weights: str = "none") -> BuiltModel:

@@ -6,6 +6,7 @@ besides the pixels is the model's ``InputContract``, read from its manifest.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -84,10 +85,15 @@ def normalization_affine(contract: InputContract) -> tuple[np.ndarray, np.ndarra
 
     Every normalization is affine; stating it once as (mean, std) lets ``normalize`` (NumPy and
     the tf.data training pipeline) and an in-model Keras ``Normalization`` layer (the members of
-    an ensemble, which each expect their own range) compute exactly the same map.
+    an ensemble, which each expect their own range) compute exactly the same map. The arrays are
+    read-only: they are computed once per (normalization, channels) and shared.
     """
-    channels = contract.channels
-    match contract.normalization:
+    return _affine(contract.normalization, contract.channels)
+
+
+@functools.cache
+def _affine(normalization: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    match normalization:
         case "unit":
             mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
         case "symmetric":
@@ -99,10 +105,12 @@ def normalization_affine(contract: InputContract) -> tuple[np.ndarray, np.ndarra
         case "caffe":  # channels are BGR, but a replicated gray image is the same in any order
             mean, std = _CAFFE_MEAN_BGR / 255.0, np.full(3, 1 / 255.0, np.float32)
         case _:  # pragma: no cover - the contract's Literal refuses anything else
-            raise ImageError(f"unknown normalization {contract.normalization!r}")
+            raise ImageError(f"unknown normalization {normalization!r}")
     if channels == 1:
-        return mean.mean(keepdims=True), std.mean(keepdims=True)
-    return mean.astype(np.float32), std.astype(np.float32)
+        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    mean, std = mean.astype(np.float32), std.astype(np.float32)  # copies, never the module constants
+    mean.flags.writeable = std.flags.writeable = False
+    return mean, std
 
 
 def normalize(image: Any, contract: InputContract) -> Any:
