@@ -3,13 +3,18 @@
     python -m bench.throughput --model mobilenetv2 --images 64 --json
 
 (a) bare:  the compiled forward pass on already decoded and preprocessed tensors, in batches;
-(b) e2e:   chunks sent through Redis to a real ``celery -A worker worker -P solo`` process that
-           fetches from an S3 server, decodes, infers and writes to PostgreSQL;
+(a') the same bare pass in the worker's process layout: as many processes as the worker has
+           (``--worker-processes``, default one per core), each with cores ÷ processes threads;
+(b) e2e:   chunks sent through Redis to a real ``celery -A worker worker`` (prefork, one process
+           per core, or ``-P solo`` for one) that fetches from an S3 server, decodes, infers and
+           writes to PostgreSQL;
 (c) naive: the seeds' pattern on the same services: one task per image, one ``model.predict``
            per image, one committed row per image (``bench/naive_worker.py``).
 
 Measurements run in interleaved rounds and medians are reported, because this machine's speed
-drifts; ``predict_ips`` (``model.predict`` per batch) is printed for reference.
+drifts; ``predict_ips`` (``model.predict`` per batch) is printed for reference. During (b) the
+CPU time of the worker's processes, of the S3 server and of the whole machine is read from
+/proc and reported per image, which says where the time goes.
 
 The services are the test suite's (``tests/services.py``): a SeaweedFS S3 server started here,
 the local PostgreSQL (a scratch database) and Redis (a unique key prefix). The model has random
@@ -33,6 +38,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
+from bench.bare_layout import bare_layout_ips
 from bench.naive_worker import NAIVE_QUEUE, NAIVE_TASK
 from cxr.core.db.migrate import upgrade
 from cxr.core.db.models import Job, Prediction
@@ -43,6 +49,7 @@ from cxr.core.storage import open_store
 from tests import services
 from tests import worker_support as support
 from worker.app import CLASSIFY_CHUNK, make_app
+from worker.lifecycle import available_cores, inference_threads
 
 log = logging.getLogger("bench.throughput")
 
@@ -117,8 +124,9 @@ def predict_ips(model_path: Path, tensors: np.ndarray, batch_size: int) -> float
 
 
 @contextmanager
-def bench_services(workdir: Path) -> Iterator[Settings]:
-    """S3 server, scratch PostgreSQL database and a Redis key prefix, all removed afterwards."""
+def bench_services(workdir: Path) -> Iterator[tuple[Settings, int]]:
+    """S3 server, scratch PostgreSQL database and a Redis key prefix, all removed afterwards;
+    yields the settings that point at them and the S3 server's pid."""
     import redis
 
     server = services.start_s3_server(workdir / "s3")
@@ -139,7 +147,7 @@ def bench_services(workdir: Path) -> Iterator[Settings]:
 
         S3Store(settings.storage_url.split("/")[2], "", make_s3_client(settings)).ensure_bucket()
         upgrade(settings=settings)
-        yield settings
+        yield settings, server.process.pid
     finally:
         dispose_engines()
         services.drop_pg_database(pg_url)
@@ -149,11 +157,47 @@ def bench_services(workdir: Path) -> Iterator[Settings]:
             client.delete(key)
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a prefork worker's parent and children), from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # exited while we looked
+                continue
+    tree = [pid]
+    for member in tree:
+        tree += [child for child, parent in parents.items() if parent == member]
+    return tree
+
+
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """Resident memory of a worker: its parent and every pool process."""
+    total = 0.0
+    for member in process_tree(pid):
+        for line in Path(f"/proc/{member}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by ``pids`` (their finished threads included)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / _TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all cores, idle and iowait excluded)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS
 
 
 def distinct(images: list[bytes], i: int) -> bytes:
@@ -213,6 +257,22 @@ def run_naive(settings: Settings, model: dict[str, Any], uris: list[str]) -> flo
 
 
 @contextmanager
+def cpu_per_image(worker_pids: list[int], s3_server_pid: int, images: int) -> Iterator[dict[str, float]]:
+    """CPU milliseconds per image spent, while the block runs, by the worker's processes, the S3
+    server and the whole machine (which adds PostgreSQL, Redis, this process and the kernel)."""
+
+    def now() -> tuple[float, float, float]:
+        return cpu_seconds(worker_pids), cpu_seconds([s3_server_pid]), machine_busy_seconds()
+
+    spent: dict[str, float] = {}
+    before = now()
+    yield spent
+    after = now()
+    for part, start, end in zip(("worker", "s3_server", "machine"), before, after, strict=True):
+        spent[part] = 1000 * (end - start) / images
+
+
+@contextmanager
 def running_worker(settings: Settings, workdir: Path, name: str, **kwargs: Any) -> Iterator[Any]:
     log_path = workdir / f"{name}.log"
     process = support.start_worker(settings, workdir / f"{name}-data", log_path, **kwargs)
@@ -232,6 +292,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     contract = CONTRACTS[args.model](args.image_size)
     images = support.sample_images(min(args.images, 256))
     n, m, rounds = args.images, args.naive_images, args.rounds
+    processes = args.worker_processes
     rows: list[dict[str, float]] = []
     rss: dict[int, float | None] = {500: None, 5000: None}
     try:
@@ -239,14 +300,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         tensors = prepare_tensors([images[i % len(images)] for i in range(n)], contract)
         forward = make_bare_forward(model_path, contract, args.batch_size)
         predict = predict_ips(model_path, tensors, args.batch_size)
-        with bench_services(workdir) as settings:
+        with bench_services(workdir) as (settings, s3_server_pid):
             settings = settings.model_copy(
                 update={
                     "inference_batch_size": args.batch_size,
                     "decode_threads": args.decode_threads,
                     "decode_niceness": args.decode_niceness,
+                    "inference_threads": args.inference_threads,
                 }
             )
+            threads = inference_threads(settings, processes, available_cores())
             manifest = open_model_store(settings).publish(
                 "bench", model_path, architecture=args.model, classes=support.CLASSES,
                 input_contract=contract, output="softmax",
@@ -258,12 +321,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             def upload(prefix: str, count: int) -> list[str]:
                 return [bucket.put(f"{prefix}/{i}.img", distinct(images, next(serial))) for i in range(count)]
 
-            warm, naive_warm = upload("warm", args.batch_size), upload("naive-warm", 2)
+            # Two warm-up chunks per pool process, so that every process has loaded the model.
+            warm, naive_warm = upload("warm", 2 * processes * args.batch_size), upload("naive-warm", 2)
             e2e_sets = [upload(f"e2e{r}", n) for r in range(rounds)]
             naive_sets = [upload(f"naive{r}", m) for r in range(rounds)]
             log.info("uploaded %d images", next(serial))
             with (
-                running_worker(settings, workdir, "worker") as worker,
+                running_worker(
+                    settings,
+                    workdir,
+                    "worker",
+                    pool="prefork" if processes > 1 else "solo",
+                    concurrency=processes,
+                ) as worker,  # fmt: skip
                 running_worker(settings, workdir, "naive", app="bench.naive_worker", queue=NAIVE_QUEUE),
             ):
                 run_job(settings, model, warm, args.batch_size)  # model load and graph trace
@@ -277,11 +347,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
                 for r in range(rounds):
                     bare = bare_ips(forward, tensors, args.batch_size)
-                    e2e = n / run_job(settings, model, e2e_sets[r], args.chunk_size, watch)
+                    layout = (
+                        bare_layout_ips(model_path, tensors, args.batch_size, processes, threads, n, workdir)
+                        if processes > 1
+                        else bare
+                    )
+                    with cpu_per_image(process_tree(worker.pid), s3_server_pid, n) as cpu:
+                        e2e = n / run_job(settings, model, e2e_sets[r], args.chunk_size, watch)
                     scored_before += n
                     naive = m / run_naive(settings, model, naive_sets[r])
-                    rows.append({"bare_ips": bare, "e2e_ips": e2e, "naive_ips": naive})
-                    log.info("round %d: bare %.1f, e2e %.1f, naive %.1f images/s", r + 1, bare, e2e, naive)
+                    row = {"bare_ips": bare, "bare_layout_ips": layout, "e2e_ips": e2e, "naive_ips": naive}
+                    rows.append(row | {f"{part}_cpu_ms": ms for part, ms in cpu.items()})
+                    log.info(
+                        "round %d: bare %.1f, bare as %d×%d threads %.1f, e2e %.1f, naive %.1f images/s; "
+                        "CPU ms per image in (b): %s",
+                        r + 1, bare, processes, threads, layout, e2e, naive,
+                        ", ".join(f"{part} {ms:.1f}" for part, ms in cpu.items()),
+                    )  # fmt: skip
             if args.worker_log:
                 shutil.copy(workdir / "worker.log", args.worker_log)
     finally:
@@ -300,13 +382,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "chunk_size": args.chunk_size,
         "decode_threads": args.decode_threads,
         "decode_niceness": args.decode_niceness,
+        "worker_processes": processes,
+        "inference_threads": threads,
+        "cores": available_cores(),
         "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "bare_ips": median([row["bare_ips"] for row in rows]),
+        "bare_layout_ips": median([row["bare_layout_ips"] for row in rows]),
         "e2e_ips": median([row["e2e_ips"] for row in rows]),
         "naive_ips": median([row["naive_ips"] for row in rows]),
         "predict_ips": round(predict, 2),
         "e2e_over_bare": median([row["e2e_ips"] / row["bare_ips"] for row in rows]),
+        "e2e_over_bare_layout": median([row["e2e_ips"] / row["bare_layout_ips"] for row in rows]),
         "e2e_over_naive": median([row["e2e_ips"] / row["naive_ips"] for row in rows]),
+        "e2e_cpu_ms_per_image": {
+            part: median([row[f"{part}_cpu_ms"] for row in rows])
+            for part in ("worker", "s3_server", "machine")
+        },
         "rss_mb_500": rss[500],
         "rss_mb_5000": rss[5000],
         "rss_growth": round(rss[5000] / rss[500] - 1, 4) if rss[500] and rss[5000] else None,
@@ -321,7 +412,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=64, help="images per round for (a) and (b)")
     parser.add_argument("--naive-images", type=int, default=32, help="images per round for (c)")
     parser.add_argument("--rounds", type=int, default=1)
-    for option in ("inference_batch_size", "chunk_size", "decode_threads", "decode_niceness"):
+    parser.add_argument(
+        "--worker-processes", type=int, default=available_cores(),
+        help="pool processes of the worker under test (prefork; 1: -P solo); default one per core",
+    )  # fmt: skip
+    tuned = ("inference_batch_size", "chunk_size", "decode_threads", "decode_niceness", "inference_threads")
+    for option in tuned:
         flag = "--batch-size" if option == "inference_batch_size" else f"--{option.replace('_', '-')}"
         parser.add_argument(flag, type=int, default=Settings.model_fields[option].default)
     parser.add_argument("--worker-log", type=Path, help="keep the worker's log here")

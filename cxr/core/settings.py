@@ -95,6 +95,13 @@ class Settings(BaseSettings):
         description="How much nicer than the model the decode threads run (Linux), so that "
         "decoding takes the CPU the model leaves idle instead of slowing it; 0 turns it off.",
     )
+    inference_threads: int = Field(
+        default=0,
+        ge=0,
+        description="TensorFlow threads (intra- and inter-op) per worker process. 0: the cores "
+        "this process may run on divided by the worker's prefork processes (--concurrency), at "
+        "least 1, so that the processes of one worker never fight over the cores.",
+    )
     chunk_size: int = Field(default=64, ge=1, description="Images per task sent to a worker.")
     model_cache_size: int = Field(
         default=2, ge=1, description="Models held in memory per worker process (LRU)."

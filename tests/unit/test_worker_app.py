@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -45,3 +46,26 @@ def test_retry_delay_grows_with_jitter_and_is_capped():
         assert ceiling / 2 <= delay <= ceiling
     assert is_transient(StorageUnavailable("down"))
     assert not is_transient(ValueError("bad"))
+
+
+def test_prefork_children_split_the_cores_and_solo_takes_them_all():
+    from worker.lifecycle import inference_threads, pool_processes
+
+    assert pool_processes("prefork", 2) == 2
+    assert pool_processes(type("TaskPool", (), {"__module__": "celery.concurrency.prefork"}), 4) == 4
+    assert pool_processes("solo", 8) == 1 and pool_processes("threads", 8) == 1
+    settings = Settings()
+    assert inference_threads(settings, processes=2, cores=2) == 1
+    assert inference_threads(settings, processes=1, cores=2) == 2
+    assert inference_threads(settings, processes=3, cores=2) == 1  # never zero
+    assert inference_threads(settings, processes=2, cores=16) == 8
+    assert inference_threads(Settings(inference_threads=3), processes=2, cores=16) == 3
+
+
+def test_thread_variables_set_by_an_operator_win(monkeypatch):
+    from worker.lifecycle import configure_inference_threads
+
+    monkeypatch.delenv("TF_NUM_INTEROP_THREADS", raising=False)
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "5")
+    assert configure_inference_threads(Settings(inference_threads=1), processes=1) == 5
+    assert os.environ["TF_NUM_INTEROP_THREADS"] == "1"
