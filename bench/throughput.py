@@ -2,9 +2,11 @@
 
     python -m bench.throughput --model mobilenetv2 --images 64 --json
 
-(a) bare:  the compiled forward pass on already decoded and preprocessed tensors, in batches;
+(a) bare:  the compiled forward pass on already decoded and preprocessed tensors, in one process
+           with TensorFlow's default threads, at the fastest of ``--bare-batch-sizes``;
 (a') the same bare pass in the worker's process layout: as many processes as the worker has
-           (``--worker-processes``, default one per core), each with cores ÷ processes threads;
+           (``--worker-processes``, default one per core), each with cores ÷ processes threads,
+           also at its fastest batch size (``bench/bare.py``);
 (b) e2e:   chunks sent through Redis to a real ``celery -A worker worker`` (prefork, one process
            per core, or ``-P solo`` for one) that fetches from an S3 server, decodes, infers and
            writes to PostgreSQL;
@@ -38,7 +40,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import func, select
 
-from bench.bare_layout import bare_layout_ips
+from bench.bare import layout_sweep, make_forward, sweep
 from bench.naive_worker import NAIVE_QUEUE, NAIVE_TASK
 from cxr.core.db.migrate import upgrade
 from cxr.core.db.models import Job, Prediction
@@ -89,26 +91,6 @@ def build_model(name: str, contract: InputContract, path: Path) -> Path:
 def prepare_tensors(images: list[bytes], contract: InputContract) -> np.ndarray:
     decoded = [decode_image(data, max_bytes=1 << 26, max_pixels=60_000_000) for data in images]
     return np.stack([preprocess(image.pixels, contract) for image in decoded])
-
-
-def make_bare_forward(
-    model_path: Path, contract: InputContract, batch_size: int
-) -> Callable[[np.ndarray], Any]:
-    """The compiled forward pass the worker uses, traced once."""
-    from modelstore.loading import load_keras_model
-    from worker.model_cache import compile_forward
-
-    forward = compile_forward(load_keras_model(model_path), contract.shape)
-    forward(np.zeros((batch_size, *contract.shape), dtype=np.float32))
-    return forward
-
-
-def bare_ips(forward: Callable[[np.ndarray], Any], tensors: np.ndarray, batch_size: int) -> float:
-    """Images per second of the compiled forward pass alone (decoding not timed)."""
-    started = time.perf_counter()
-    for start in range(0, len(tensors), batch_size):
-        forward(tensors[start : start + batch_size])
-    return len(tensors) / (time.perf_counter() - started)
 
 
 def predict_ips(model_path: Path, tensors: np.ndarray, batch_size: int) -> float:
@@ -294,12 +276,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     n, m, rounds = args.images, args.naive_images, args.rounds
     processes = args.worker_processes
     rows: list[dict[str, float]] = []
+    by_batch_rows: list[tuple[dict[int, float], dict[int, float]]] = []
     rss: dict[int, float | None] = {500: None, 5000: None}
     try:
         model_path = build_model(args.model, contract, workdir / "model.keras")
-        tensors = prepare_tensors([images[i % len(images)] for i in range(n)], contract)
-        forward = make_bare_forward(model_path, contract, args.batch_size)
+        tensors = prepare_tensors(images, contract)  # distinct ones, cycled by the bare loops
+        forward, _ = make_forward(model_path, args.batch_size)
         predict = predict_ips(model_path, tensors, args.batch_size)
+        sizes = sorted({*args.bare_batch_sizes, args.batch_size})
         with bench_services(workdir) as (settings, s3_server_pid):
             settings = settings.model_copy(
                 update={
@@ -346,18 +330,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                             rss[mark] = round(rss_mb(worker.pid), 1)
 
                 for r in range(rounds):
-                    bare = bare_ips(forward, tensors, args.batch_size)
-                    layout = (
-                        bare_layout_ips(model_path, tensors, args.batch_size, processes, threads, n, workdir)
-                        if processes > 1
-                        else bare
-                    )
+                    by_batch = sweep(forward, tensors, sizes, args.bare_images)
+                    layout_by_batch = by_batch
+                    if processes > 1:
+                        layout_by_batch = layout_sweep(
+                            model_path, tensors, sizes, processes, threads, args.bare_images, workdir
+                        )
+                    bare, layout = max(by_batch.values()), max(layout_by_batch.values())
                     with cpu_per_image(process_tree(worker.pid), s3_server_pid, n) as cpu:
                         e2e = n / run_job(settings, model, e2e_sets[r], args.chunk_size, watch)
                     scored_before += n
                     naive = m / run_naive(settings, model, naive_sets[r])
                     row = {"bare_ips": bare, "bare_layout_ips": layout, "e2e_ips": e2e, "naive_ips": naive}
                     rows.append(row | {f"{part}_cpu_ms": ms for part, ms in cpu.items()})
+                    by_batch_rows.append((by_batch, layout_by_batch))
                     log.info(
                         "round %d: bare %.1f, bare as %d×%d threads %.1f, e2e %.1f, naive %.1f images/s; "
                         "CPU ms per image in (b): %s",
@@ -388,6 +374,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "tf_enable_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "bare_ips": median([row["bare_ips"] for row in rows]),
         "bare_layout_ips": median([row["bare_layout_ips"] for row in rows]),
+        "bare_ips_by_batch": {size: median([one[size] for one, _ in by_batch_rows]) for size in sizes},
+        "bare_layout_ips_by_batch": {size: median([lay[size] for _, lay in by_batch_rows]) for size in sizes},
         "e2e_ips": median([row["e2e_ips"] for row in rows]),
         "naive_ips": median([row["naive_ips"] for row in rows]),
         "predict_ips": round(predict, 2),
@@ -412,6 +400,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=64, help="images per round for (a) and (b)")
     parser.add_argument("--naive-images", type=int, default=32, help="images per round for (c)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--bare-batch-sizes", type=lambda text: [int(size) for size in text.split(",")],
+        default=[4, 8, 16, 32],
+        help="batch sizes tried for (a) and (a'); the fastest of each is the reference",
+    )  # fmt: skip
+    parser.add_argument("--bare-images", type=int, default=512, help="images per batch size for (a) and (a')")
     parser.add_argument(
         "--worker-processes", type=int, default=available_cores(),
         help="pool processes of the worker under test (prefork; 1: -P solo); default one per core",

@@ -127,7 +127,7 @@ def _to_gray_unit(image: Image.Image) -> tuple[np.ndarray, int]:
         image = Image.alpha_composite(background, image.convert("RGBA"))
     if image.mode != "L":
         image = image.convert("L")
-    return np.asarray(image, dtype=np.float32) / 255.0, 8
+    return np.divide(np.asarray(image), np.float32(255.0), dtype=np.float32), 8  # one pass
 
 
 def _min_max(array: np.ndarray) -> np.ndarray:
