@@ -9,7 +9,7 @@ the reference the worker is compared with:
   so comparing the worker with the single process alone would flatter the worker.
 
 Batch size matters on a CPU: a small batch keeps a layer's activations in cache, and on the
-2-core development machine MobileNetV2 ran about 12 % faster per image in batches of 8 than 32.
+2-core development machine MobileNetV2 used about 11 % less CPU per image in batches of 8 than 32.
 """
 
 from __future__ import annotations
