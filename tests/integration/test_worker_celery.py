@@ -20,8 +20,10 @@ from cxr.core.db.session import session_scope
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store
 from modelstore import open_model_store
+from tests import services
 from tests import worker_support as support
 from worker.app import CLASSIFY_CHUNK, make_app
+from worker.lifecycle import available_cores, inference_threads
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -106,3 +108,20 @@ def test_real_worker_scores_a_chunk_from_s3_into_postgres(cluster_settings, cele
         )
         assert count == N_GOOD
     app.close()
+
+
+def test_prefork_children_share_the_cores_between_their_tensorflow_threads(cluster_settings, tmp_path):
+    """``--concurrency 2``: each child sizes TensorFlow's pools to its half of the cores (set
+    through the environment before TensorFlow loads), so two children never oversubscribe."""
+    log_path = tmp_path / "prefork.log"
+    cores = available_cores()
+    threads = inference_threads(Settings(), 2, cores)
+    line = f"inference threads: {threads} (worker processes: 2, cores: {cores})"
+    process = support.start_worker(
+        cluster_settings, tmp_path / "data", log_path, pool="prefork", concurrency=2
+    )
+    try:
+        both_sized = lambda: log_path.read_text(errors="replace").count(line) == 2  # noqa: E731
+        support.wait_for(both_sized, 90, "two children with their thread share", process, log_path)
+    finally:
+        services.stop_process(process)
