@@ -26,7 +26,7 @@ import numpy as np
 Forward = Callable[[np.ndarray], Any]
 
 
-def make_forward(model_path: Path, batch_size: int) -> tuple[Forward, tuple[int, ...]]:
+def make_forward(model_path: Path, batch_size: int) -> Forward:
     """The compiled forward pass the worker uses, loaded in safe mode and traced once."""
     from modelstore.loading import load_keras_model
     from worker.model_cache import compile_forward
@@ -35,7 +35,7 @@ def make_forward(model_path: Path, batch_size: int) -> tuple[Forward, tuple[int,
     shape = tuple(int(side) for side in model.input_shape[1:])
     forward = compile_forward(model, shape)
     forward(np.zeros((batch_size, *shape), dtype=np.float32))
-    return forward, shape
+    return forward
 
 
 def timed_loop(forward: Forward, tensors: np.ndarray, batch_size: int, images: int) -> tuple[int, float]:
@@ -65,9 +65,11 @@ def _layout_process(
 ) -> None:  # fmt: skip
     """One process of the layout: size TensorFlow's pools, load and trace, then time each batch
     size in step with the others (a barrier before each)."""
-    for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
+    from worker.lifecycle import THREAD_VARIABLES
+
+    for variable in THREAD_VARIABLES:  # forced: this process is the worker's layout, by definition
         os.environ[variable] = str(threads)
-    forward, _ = make_forward(Path(model_path), sizes[0])
+    forward = make_forward(Path(model_path), sizes[0])
     tensors = np.load(tensors_path)
     for size in sizes:
         forward(tensors[:size])

@@ -286,7 +286,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     try:
         model_path = build_model(args.model, contract, workdir / "model.keras")
         tensors = prepare_tensors(images, contract)  # distinct ones, cycled by the bare loops
-        forward, _ = make_forward(model_path, args.batch_size)
+        forward = make_forward(model_path, args.batch_size)
         predict = predict_ips(model_path, tensors, args.batch_size)
         sizes = sorted({*args.bare_batch_sizes, args.batch_size})
         with bench_services(workdir) as (settings, s3_server_pid):

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 #: ``worker_init`` and inherited by the prefork children through the fork.
 _pool_processes = 1
 
-_THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+#: The environment variables TensorFlow reads to size its pools when it starts.
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
 
 def pool_process_index() -> int | None:
@@ -63,9 +64,9 @@ def configure_inference_threads(settings: Settings, processes: int) -> int:
     environment win, so an operator can still pin them by hand.
     """
     threads = inference_threads(settings, processes, available_cores())
-    for variable in _THREAD_VARIABLES:
+    for variable in THREAD_VARIABLES:
         os.environ.setdefault(variable, str(threads))
-    return int(os.environ[_THREAD_VARIABLES[0]])
+    return int(os.environ[THREAD_VARIABLES[0]])
 
 
 @signals.worker_init.connect
