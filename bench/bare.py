@@ -29,7 +29,7 @@ Forward = Callable[[np.ndarray], Any]
 def make_forward(model_path: Path, batch_size: int) -> Forward:
     """The compiled forward pass the worker uses, loaded in safe mode and traced once."""
     from modelstore.loading import load_keras_model
-    from worker.model_cache import compile_forward
+    from modelstore.runtime import compile_forward
 
     model = load_keras_model(model_path)
     shape = tuple(int(side) for side in model.input_shape[1:])

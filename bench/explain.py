@@ -4,7 +4,7 @@
                                       [--images N] [--batch-size N] [--method gradcam] [--json]
 
 Both paths start from decoded float32 images at an X-ray-like original size and include THE
-preprocessing; classification is Keras's compiled ``predict_on_batch`` per batch, explanation is
+preprocessing; classification is the model runtime's ``predict_pixels`` (what a worker runs), explanation is
 ``Explainer.explain`` (forward + gradients + maps + regions + shortcut score; no PNG rendering). The goal is
 explain/classify ≥ 0.5: explaining every call should cost at most twice the scoring.
 """
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 
-from cxr.core.imaging import InputContract, preprocess
+from cxr.core.imaging import InputContract
 
 CLASSES = ["covid", "normal", "pneumonia"]
 ORIGINAL = (512, 448)  # height, width of the synthetic radiographs
@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     from cxr.explain.explainer import Explainer
     from cxr.explain.methods import make_method
+    from modelstore.runtime import ModelRuntime
 
     contract = InputContract(
         height=args.image_size, width=args.image_size, channels=3, normalization="symmetric"
@@ -83,13 +84,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     model = build_model(args.model_arch, args.image_size)
     rng = np.random.default_rng(0)
     images = [rng.random(ORIGINAL, dtype=np.float32) for _ in range(args.images)]
-    explainer = Explainer(make_method(args.method, model, batch_size=args.batch_size), classes=CLASSES,
-                          contract=contract)  # fmt: skip
+    output = "sigmoid" if model.outputs[0].shape[-1] == 1 else "softmax"
+    runtime = ModelRuntime(model, classes=CLASSES, contract=contract, output=output, ref=args.model_arch)
+    runtime.warm_up()
+    explainer = Explainer(runtime, make_method(args.method, model, batch_size=args.batch_size))
 
     def classify() -> None:
-        for start in range(0, len(images), args.batch_size):
-            batch = np.stack([preprocess(p, contract) for p in images[start : start + args.batch_size]])
-            model.predict_on_batch(batch)
+        runtime.predict_pixels(images, batch_size=args.batch_size)
 
     def explain() -> None:
         explainer.explain(images)

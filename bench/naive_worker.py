@@ -37,11 +37,11 @@ def _load(name: str, version: int, sha256: str) -> tuple[Any, Any]:
     """The pinned model and its manifest, pulled and loaded once per process."""
     if "model" not in _model:
         from modelstore import ResolvedModel, open_model_store
-        from modelstore.loading import load_keras_model
+        from modelstore.runtime import ModelRuntime
 
         store = open_model_store(settings, catalogue=False)
-        pulled = store.pull(ResolvedModel(name=name, version=version, sha256=sha256, uri=""))
-        _model["model"], _model["manifest"] = load_keras_model(pulled.path), pulled.manifest
+        runtime = ModelRuntime.load(store, ResolvedModel(name, version, sha256), warm_up=False)
+        _model["model"], _model["manifest"] = runtime.model, runtime.manifest
     return _model["model"], _model["manifest"]
 
 

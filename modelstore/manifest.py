@@ -78,7 +78,14 @@ class Manifest(BaseModel):
     size_bytes: int = Field(ge=0)
     intended_use: str = INTENDED_USE
     description: str = ""
-    changelog: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired_fields(cls, data: Any) -> Any:
+        """``changelog`` was never written; manifests published with an empty one still load."""
+        if isinstance(data, dict) and "changelog" in data:
+            data = {key: value for key, value in data.items() if key != "changelog"}
+        return data
 
     @field_validator("name")
     @classmethod

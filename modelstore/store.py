@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,19 +40,30 @@ PublishHook = Callable[[Manifest, str], None]
 
 @dataclass(frozen=True)
 class ResolvedModel:
-    """An exact model version: what a job pins at submit time and every chunk carries."""
+    """An exact model version: what a job pins at submit time, every chunk carries (as JSON) and
+    a worker's model cache is keyed by. The sha256 is the model file's."""
 
     name: str
     version: int
     sha256: str
-    uri: str
 
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "sha256": self.sha256, "uri": self.uri}
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ResolvedModel:
+        """The pinned model a chunk names; anything else is a ``ManifestError``."""
+        try:
+            name, version, sha256 = data["name"], data["version"], data["sha256"]
+        except (KeyError, TypeError) as exc:
+            raise ManifestError(f"a pinned model must name name, version and sha256, got {data!r}") from exc
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ManifestError(f"a pinned model's version must be an integer >= 1, got {version!r}")
+        return cls(name=validate_name(str(name)), version=version, sha256=str(sha256))
 
 
 @dataclass(frozen=True)
@@ -151,12 +162,12 @@ class ModelStore:
             except ObjectNotFound as exc:
                 raise ModelNotFound(f"model {name!r} has no alias {selector!r}") from exc
         manifest = self.manifest(name, version)
-        return ResolvedModel(
-            name=name,
-            version=version,
-            sha256=manifest.sha256,
-            uri=self.storage.uri(self._version_key(name, version, manifest.file)),
-        )
+        return ResolvedModel(name=name, version=version, sha256=manifest.sha256)
+
+    def file_uri(self, resolved: ResolvedModel) -> str:
+        """Where the version's model file lives in object storage."""
+        manifest = self.manifest(resolved.name, resolved.version)
+        return self.storage.uri(self._version_key(resolved.name, resolved.version, manifest.file))
 
     # ---- publishing -------------------------------------------------------------------------
     def _reserve_version(self, name: str) -> int:

@@ -45,6 +45,7 @@ def write_csv(settings: Settings, job_id: str, classes: list[str]) -> bytes:
             *(f"p_{c}" for c in classes),
             "failure_stage",
             "failure_reason",
+            "skip_reason",
         ]
     )
     for row in image_rows(settings, job_id):
@@ -54,7 +55,7 @@ def write_csv(settings: Settings, job_id: str, classes: list[str]) -> bytes:
                 row.uri, row.sha256 or "", row.outcome, row.label or "",
                 f"{row.confidence:.6f}" if row.confidence is not None else "",
                 *(f"{probs[c]:.6f}" if c in probs else "" for c in classes),
-                row.failure_stage or "", row.failure_reason or "",
+                row.failure_stage or "", row.failure_reason or "", row.skip_reason or "",
             ]
         )  # fmt: skip
     return buffer.getvalue().encode("utf-8")
@@ -222,6 +223,14 @@ def render_html(settings: Settings, job_id: str) -> str:
     failure_table = (
         f"<table><tr><th>images</th><th>reason</th></tr>{failures}</table>" if failures else "<p>None.</p>"
     )
+    skips = "".join(
+        f"<tr><td>{count}</td><td>{html.escape(reason)}</td></tr>"
+        for reason, count in summary["skipped_by_reason"].items()
+    )
+    if skips:
+        failure_table += (
+            f"<h3>Skipped (not failures)</h3><table><tr><th>images</th><th>reason</th></tr>{skips}</table>"
+        )
     contract = manifest.input
     card = (
         f"<li>{html.escape(manifest.ref)} · {html.escape(manifest.architecture)} · classes "

@@ -13,6 +13,7 @@ from sqlalchemy import and_, func, select
 from cxr.core.db.models import CLASSIFICATION, Artifact, Failure, Job, JobImage, Prediction
 from cxr.core.db.session import session_scope
 from cxr.core.errors import PermanentError
+from cxr.core.outcomes import Outcome
 from cxr.core.settings import Settings
 from cxr.explain.shortcut import summarize_shortcut_scores
 
@@ -31,6 +32,7 @@ class ImageRow:
     probabilities: dict[str, float] | None
     failure_stage: str | None
     failure_reason: str | None
+    skip_reason: str | None
 
 
 def _prediction_join(job: Job) -> Any:
@@ -78,7 +80,7 @@ def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> d
                 select(Prediction.label, func.count())
                 .select_from(JobImage)
                 .join(Prediction, _prediction_join(job))
-                .where(JobImage.job_id == job_id, JobImage.outcome.in_(["scored", "skipped"]))
+                .where(JobImage.job_id == job_id, JobImage.outcome.in_([Outcome.SCORED, Outcome.SKIPPED]))
                 .group_by(Prediction.label)
                 .order_by(Prediction.label)
             ).all()
@@ -88,6 +90,13 @@ def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> d
             .where(Failure.job_id == job_id)
             .order_by(Failure.id)
         ).all()
+        skips = dict(
+            session.execute(
+                select(JobImage.reason, func.count())
+                .where(JobImage.job_id == job_id, JobImage.outcome == Outcome.SKIPPED)
+                .group_by(JobImage.reason)
+            ).all()
+        )
     end = job.finished_at or dt.datetime.now(dt.UTC)
     start = job.created_at if job.created_at.tzinfo else job.created_at.replace(tzinfo=dt.UTC)
     end = end if end.tzinfo else end.replace(tzinfo=dt.UTC)
@@ -106,6 +115,9 @@ def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> d
         "failed": job.failed,
         "by_label": by_label,
         "failures_by_reason": dict(reasons.most_common()),
+        "skipped_by_reason": {
+            reason or "unknown": n for reason, n in sorted(skips.items(), key=lambda kv: -kv[1])
+        },
         "failures": [
             {"uri": uri, "stage": stage, "reason": reason} for uri, stage, reason in failures[:failure_limit]
         ],
@@ -131,6 +143,7 @@ def image_rows(settings: Settings, job_id: str, batch: int = 1000) -> Iterator[I
             Prediction.probabilities,
             Failure.stage,
             Failure.reason,
+            JobImage.reason,
         )
         .select_from(JobImage)
         .outerjoin(Prediction, _prediction_join(job))

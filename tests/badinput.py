@@ -153,10 +153,10 @@ FILE_CASES = [
     Case("image.webp", "scored"),
     Case("colour.png", "scored"),
     Case("röntgen thorax ünïcode.png", "scored"),
-    Case("duplicate-of-colour.png", "skipped"),  # same bytes as colour.png: scored once
+    Case("duplicate-of-colour.png", "skipped", "", "same bytes"),  # as colour.png: scored once
     Case("no-pixels.dcm", "failed", "decode", "no pixel data"),
     Case("monochrome1.dcm", "scored"),
-    Case("lateral.dcm", "failed", "policy", "not frontal"),
+    Case("lateral.dcm", "skipped", "", "not frontal"),  # a policy decision, not a failure
     Case("jpeg-ls.dcm", "failed", "decode", "install the pylibjpeg plugins"),
     Case("bogus-voi.dcm", "scored"),
     Case("garbage-after-preamble.dcm", "failed", "decode", "DICOM"),
@@ -225,7 +225,7 @@ def write_list_file(root: Path, list_path: Path) -> tuple[list[Case], dict[str, 
 
 
 def job_outcomes(settings: Settings, job_id: str) -> dict[str, tuple[str, str, str]]:
-    """uri → (outcome, stage, reason) for every image of the job."""
+    """uri → (outcome, stage, reason) for every image of the job (a skip's reason, no stage)."""
     with session_scope(settings) as session:
         failures = {f.image_uri: f for f in session.scalars(select(Failure).where(Failure.job_id == job_id))}
         rows = session.scalars(select(JobImage).where(JobImage.job_id == job_id)).all()
@@ -233,7 +233,7 @@ def job_outcomes(settings: Settings, job_id: str) -> dict[str, tuple[str, str, s
             row.uri: (
                 row.outcome,
                 failures[row.uri].stage if row.uri in failures else "",
-                failures[row.uri].reason if row.uri in failures else "",
+                failures[row.uri].reason if row.uri in failures else (row.reason or ""),
             )
             for row in rows
         }

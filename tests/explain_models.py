@@ -70,3 +70,13 @@ def with_blob(image: np.ndarray, box: tuple[int, int, int, int], value: float = 
     top, left, bottom, right = box
     out[top:bottom, left:right] = value
     return out
+
+
+def explainer_for(method, *, classes, contract):
+    """An ``Explainer`` for a method built on a model made in code: the model gets a runtime of
+    its own (what a published model gets from the store)."""
+    from cxr.explain.explainer import Explainer
+    from modelstore.runtime import ModelRuntime
+
+    runtime = ModelRuntime(method.model, classes=classes, contract=contract, output=method.output, ref="test")
+    return Explainer(runtime, method)

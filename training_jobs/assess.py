@@ -10,11 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from cxr.core.imaging import InputContract
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store
-from training_jobs.evaluation import as_class_probabilities, evaluate_predictions
-from training_jobs.pipeline import make_dataset
+from modelstore.runtime import ModelRuntime
+from training_jobs.evaluation import evaluate_predictions
 from training_jobs.report import write_report
 
 log = logging.getLogger(__name__)
@@ -27,27 +26,16 @@ class Assessment:
     probs: np.ndarray
 
 
-def predict_probabilities(
-    model: Any, images: np.ndarray, contract: InputContract, output: str, batch_size: int = 32
-) -> np.ndarray:
-    """(N, K) class probabilities for gray-unit cached images (see ``training_jobs.datasets``)."""
-    dataset = make_dataset(images, None, contract, output=output, batch_size=batch_size)
-    return as_class_probabilities(model.predict(dataset, verbose=0), output)
-
-
 def manifest_values(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The figures that go into a model manifest: everything but the per-bin reliability table."""
     return {key: value for key, value in metrics.items() if key != "reliability"}
 
 
 def assess(
-    model: Any,
+    runtime: ModelRuntime,
     images: np.ndarray,
     labels: np.ndarray,
     *,
-    classes: list[str],
-    contract: InputContract,
-    output: str,
     settings: Settings,
     report_prefix: str,
     title: str,
@@ -57,8 +45,10 @@ def assess(
     batch_size: int = 32,
     extra_files: Mapping[str, bytes] | None = None,
 ) -> Assessment:
-    probs = predict_probabilities(model, images, contract, output, batch_size)
-    metrics = evaluate_predictions(labels, probs, classes, n_resamples=n_resamples, seed=seed)
+    """Score ``images`` (a dataset's cached gray inputs, see ``preprocess_gray``) through the
+    model runtime, exactly as a worker would, then compute the figures and write the report."""
+    probs = runtime.predict_gray(images, batch_size)
+    metrics = evaluate_predictions(labels, probs, runtime.classes, n_resamples=n_resamples, seed=seed)
     log.info(
         "%s: accuracy %.3f, macro-F1 %s, macro AUC %s (n=%d)",
         title,

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from cxr.core.errors import ConfigurationError, ImageError, ObjectNotFound
-from cxr.core.imaging import InputContract, decode_image, preprocess
+from cxr.core.imaging import InputContract, decode_image
+from cxr.core.imaging.preprocess import preprocess_gray
 from cxr.core.settings import Settings
 from cxr.core.storage import ObjectStore, open_store, read_uri
 
@@ -54,9 +55,9 @@ class Entry:
 class LoadedDataset:
     """Decoded, preprocessed, de-duplicated images with their mapped labels.
 
-    ``images`` holds ``preprocess`` output for the *gray unit* contract (see
-    ``gray_unit_contract``): (N, H, W, 1) float32 in [0, 1]; the model's own normalization is
-    applied later by the pipeline, after augmentation.
+    ``images`` holds ``preprocess_gray`` output (the first half of ``preprocess``): (N, H, W, 1)
+    float32 in [0, 1]; channels and the model's own normalization (``finish``) are applied
+    later, by the training pipeline after augmentation, or by the model runtime.
     """
 
     source: str
@@ -102,11 +103,6 @@ def map_label(raw: str, classes: Sequence[str]) -> str | None:
         if name.startswith(NON_PREFIX) and raw != name[len(NON_PREFIX) :]:
             return name
     return None
-
-
-def gray_unit_contract(contract: InputContract) -> InputContract:
-    """The model's contract at one channel and [0, 1]: what the in-memory cache holds."""
-    return contract.model_copy(update={"channels": 1, "normalization": "unit"})
 
 
 # ---- listing ------------------------------------------------------------------------------------
@@ -186,7 +182,7 @@ def _load_one(
     try:
         data = _read(store, entry, settings)
         decoded = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-        return hashlib.sha256(data).hexdigest(), preprocess(decoded.pixels, contract)
+        return hashlib.sha256(data).hexdigest(), preprocess_gray(decoded.pixels, contract)
     except (ImageError, ObjectNotFound) as exc:
         log.warning("skipping %s: %s", entry.ref, exc)
         return "unreadable"
@@ -221,9 +217,8 @@ def load_dataset(
     if limit is not None and limit < len(mapped):
         keep = np.sort(np.random.default_rng(seed).choice(len(mapped), size=limit, replace=False))
         mapped = [mapped[i] for i in keep]
-    unit = gray_unit_contract(contract)
     with ThreadPoolExecutor(max_workers=settings.decode_threads) as pool:
-        results = list(pool.map(lambda pair: _load_one(store, pair[0], unit, settings), mapped))
+        results = list(pool.map(lambda pair: _load_one(store, pair[0], contract, settings), mapped))
 
     seen: set[str] = set()
     images, labels, patients, hashes, raw, meta = [], [], [], [], [], []

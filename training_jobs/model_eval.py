@@ -1,8 +1,10 @@
 """Evaluate a published model version on a dataset (``cxr evaluate``).
 
-The model is fed from its manifest alone (classes, input contract, output kind), through the
-same decoder, preprocessing and pipeline as training. The figures go three places: a report in
-object storage, an ``Evaluation`` row in SQL, and the model's manifest (``store.add_metrics``).
+The model is loaded into the model runtime (``modelstore.runtime``) and scored exactly as a
+worker scores it: the same decoder, THE preprocessing function with the manifest's input
+contract, the same compiled forward pass and conversion to class probabilities. The figures go
+three places: a report in object storage, an ``Evaluation`` row in SQL, and the model's manifest
+(``store.add_metrics``).
 """
 
 from __future__ import annotations
@@ -40,12 +42,12 @@ def evaluate_model(
     bootstrap_resamples: int = 1000,
 ) -> EvaluationResult:
     from modelstore import MetricRecord, open_model_store
-    from modelstore.loading import load_keras_model
+    from modelstore.runtime import ModelRuntime
 
     store = open_model_store(settings)
-    pulled = store.pull(store.resolve(ref))
-    manifest = pulled.manifest
-    model = load_keras_model(pulled.path)
+    runtime = ModelRuntime.load(store, store.resolve(ref), warm_up=False)
+    manifest = runtime.manifest
+    assert manifest is not None  # loaded from the store
     data = load_dataset(source, manifest.classes, manifest.input, settings, limit=limit, seed=seed)
     if data.fingerprint == manifest.training_data_fingerprint:
         log.warning(
@@ -61,12 +63,9 @@ def evaluate_model(
         "images": len(data),
     }
     result = assess(
-        model,
+        runtime,
         data.images,
         data.labels,
-        classes=list(manifest.classes),
-        contract=manifest.input,
-        output=manifest.output,
         settings=settings,
         report_prefix=f"reports/evaluation/{manifest.name}-{manifest.version}-{new_id()}",
         title=f"{manifest.ref} on {source}",

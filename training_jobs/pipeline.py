@@ -1,15 +1,16 @@
 """``tf.data`` input pipelines: batching, augmentation of training data, normalization.
 
 Where augmentation happens, and why: **before normalization, in the [0, 1] gray space**.
-The in-memory cache holds ``preprocess(pixels, gray_unit_contract(contract))`` (the shared
-function, resized, one channel, [0, 1]); each batch is then augmented, clipped back to [0, 1],
+The in-memory cache holds ``preprocess_gray(pixels, contract)`` (the first half of the shared
+function: resized, one channel, [0, 1]); each batch is then augmented, clipped back to [0, 1],
 replicated to the model's channels and normalized by ``cxr.core.imaging.preprocess.normalize``,
 the very function inference uses. Augmenting in the normalized space instead would be wrong in
 three quiet ways: brightness/contrast layers clip to a value range that no longer exists (caffe
 inputs run from about -124 to 152), a brightness shift of 0.1 would mean different things per
 channel under torch normalization, and the black fill of a rotated corner must be normalize(0),
-not 0. For un-augmented data (validation, test, evaluation) the result equals
-``preprocess(pixels, contract)`` exactly (a unit test holds this).
+not 0. For un-augmented data (the validation loss during fitting) the result equals
+``preprocess(pixels, contract)`` exactly (a unit test holds this). Trained models are measured
+through the model runtime (``modelstore.runtime``), not through this pipeline.
 
 Augmentations are small on purpose (a radiograph's geometry is meaningful): rotation ±7°, shear
 ±0.05, zoom ±10 %, brightness ±0.1, contrast ±10 %. Horizontal flips are off by default: a

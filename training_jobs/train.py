@@ -26,6 +26,7 @@ from cxr.core.imaging.contract import Contrast
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store
 from modelstore.manifest import validate_alias, validate_name
+from modelstore.runtime import ModelRuntime
 from training_jobs import records
 from training_jobs.architectures import BuiltModel, build_model, freeze_base, unfreeze_top
 from training_jobs.assess import assess, manifest_values
@@ -270,13 +271,18 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         "images per class and source": summary["per_class_and_source"] or "no source column",
     }
     prefix = f"reports/training/{run_id}"
-    result = assess(
+    scorer = ModelRuntime(
         built.model,
-        x_test,
-        y_test,
         classes=classes,
         contract=contract,
         output=built.output,
+        ref=f"{config.name} (run {run_id})",
+        gradcam_layer=built.gradcam_layer,
+    )
+    result = assess(
+        scorer,
+        x_test,
+        y_test,
         settings=settings,
         report_prefix=prefix,
         title=f"{config.name}: {config.arch} on the test split",

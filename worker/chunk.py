@@ -16,12 +16,14 @@ from typing import Any
 
 from cxr.core.db.session import session_scope
 from cxr.core.errors import ModelStoreError
+from cxr.core.outcomes import FailureStage, Outcome
 from cxr.core.settings import Settings
+from modelstore import ResolvedModel
 from worker import metrics
 from worker.engine import classify_uris
 from worker.explaining import explain_options, explain_uris, record_artifacts, select_for_explanation
 from worker.fetch import ObjectFetcher, process_fetcher
-from worker.model_cache import ModelCache, ModelSpec, process_cache
+from worker.model_cache import ModelCache, process_cache
 from worker.results import Delivery, give_up_chunk, record_delivery, scored_hashes, write_chunk
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,7 @@ def run_classify_chunk(
     cleanly, so they do not count towards ``max_deliveries``, which is about worker deaths.
     """
     started = time.perf_counter()
-    spec = ModelSpec.from_dict(model)
+    spec = ResolvedModel.from_dict(model)
     delivery = record_delivery(settings, job_id, chunk_seq, uris)
     if not delivery.runnable:
         log.info("skipping chunk %s/%d: %s", job_id, chunk_seq, delivery.reason)
@@ -73,8 +75,7 @@ def run_classify_chunk(
         loaded = (cache or process_cache(settings)).get(spec)
     except ModelStoreError as exc:  # the pinned model is gone or corrupt: no retry can help
         reason = f"model {spec.name}@{spec.version} unavailable: {exc}"
-        summary = give_up_chunk(settings, job_id, chunk_seq, uris, "model", reason)
-        _count_failures(spec, summary.failed, "model")
+        summary = give_up_chunk(settings, spec, job_id, chunk_seq, uris, FailureStage.MODEL, reason)
         return ChunkReport(job_id, chunk_seq, "gave-up", failed=summary.failed, reason=reason)
 
     fetcher = fetcher or process_fetcher(settings)
@@ -82,10 +83,10 @@ def run_classify_chunk(
         uris, loaded, settings, fetcher, already_scored=functools.partial(scored_hashes, settings, spec)
     )
     mode, method = explain_options(settings, job_id)
-    to_explain = select_for_explanation(settings, spec, loaded.manifest.classes, outcome, mode, method)
+    to_explain = select_for_explanation(settings, spec, outcome, mode, method)
     explained = explain_uris(settings, spec, loaded, to_explain, method, fetcher) if to_explain else []
     write_started = time.perf_counter()
-    summary = write_chunk(settings, job_id, chunk_seq, spec, loaded.manifest.classes, outcome, explained)
+    summary = write_chunk(settings, job_id, chunk_seq, spec, loaded.classes, outcome, explained)
     metrics.STAGE_DURATION.labels(stage="write").observe(time.perf_counter() - write_started)
     seconds = time.perf_counter() - started
     if summary.already_done:
@@ -94,12 +95,10 @@ def run_classify_chunk(
 
     metrics.CHUNK_DURATION.observe(seconds)
     for result in outcome.scored:
-        label = loaded.manifest.classes[int(result.probabilities.argmax())]
-        metrics.IMAGES_SCORED.labels(spec.name, str(spec.version), label, "scored").inc()
+        metrics.count_images(spec, Outcome.SCORED, result.label)
     for failure in outcome.failures:
-        metrics.IMAGES_SCORED.labels(spec.name, str(spec.version), failure.stage, "failed").inc()
-    if outcome.skipped:
-        metrics.IMAGES_SCORED.labels(spec.name, str(spec.version), "", "skipped").inc(len(outcome.skipped))
+        metrics.count_images(spec, Outcome.FAILED, failure.stage)
+    metrics.count_images(spec, Outcome.SKIPPED, "", len(outcome.skipped))
     log.info(
         "chunk %s/%d: %d scored, %d skipped, %d failed in %.2f s with %s@%d",
         job_id, chunk_seq, summary.scored, summary.skipped, len(outcome.failures), seconds, spec.name,
@@ -112,7 +111,7 @@ def _give_up_if_poisoned(
     settings: Settings,
     job_id: str,
     chunk_seq: int,
-    spec: ModelSpec,
+    spec: ResolvedModel,
     uris: Sequence[str],
     delivery: Delivery,
     attempt: int,
@@ -123,14 +122,8 @@ def _give_up_if_poisoned(
         return None
     deaths = starts - 1
     reason = f"worker died {deaths} times on this chunk"
-    summary = give_up_chunk(settings, job_id, chunk_seq, uris, "worker", reason)
-    _count_failures(spec, summary.failed, "worker")
+    summary = give_up_chunk(settings, spec, job_id, chunk_seq, uris, FailureStage.WORKER, reason)
     return ChunkReport(job_id, chunk_seq, "gave-up", failed=summary.failed, reason=reason)
-
-
-def _count_failures(spec: ModelSpec, failed: int, stage: str) -> None:
-    if failed:
-        metrics.IMAGES_SCORED.labels(spec.name, str(spec.version), stage, "failed").inc(failed)
 
 
 def run_explain_chunk(
@@ -145,7 +138,7 @@ def run_explain_chunk(
 ) -> int:
     """Explain ``uris`` with the pinned model (the body of ``cxr.explain_chunk``); returns how
     many were explained. Re-running it rewrites the same objects and adds no rows."""
-    spec = ModelSpec.from_dict(model)
+    spec = ResolvedModel.from_dict(model)
     loaded = (cache or process_cache(settings)).get(spec)
     explained = explain_uris(settings, spec, loaded, uris, method, fetcher or process_fetcher(settings))
     with session_scope(settings) as session:

@@ -1,13 +1,17 @@
-"""The batched inference engine: URIs in, per-image probabilities or per-image failures out.
+"""The batched inference engine: URIs in, per-image probabilities, skips or failures out.
 
 Fetch, hash, decode and preprocess run in a small thread pool (``decode_threads``) while the
 model runs: the engine keeps at most two batches of images in flight ahead of the model, so
 batch k+1 decodes while batch k is in the forward pass, and memory stays bounded whatever the
 chunk size. Pillow, boto3 and TensorFlow all release the GIL in their heavy parts.
 
-A bad image (unreadable, missing, too large) becomes an ``ImageFailure`` with its stage and
-reason and the rest of the chunk is scored. A transient error (storage unreachable) propagates,
-so the task retries the whole chunk; results are idempotent, so that costs only time.
+One bad file costs one file. Whatever one image raises while it is fetched, hashed, decoded or
+preprocessed (an ``ImageError`` with its reason, or anything a third-party decoder throws:
+struct, zlib, OSError, IndexError, MemoryError...) becomes that image's ``ImageFailure`` with its
+stage and a one-line reason, and the rest of the chunk is scored; an image that takes longer
+than ``decode_timeout_s`` fails the same way. A policy decision (a lateral view) is a
+``SkippedImage`` with its reason, not a failure. Only a transient error (storage unreachable)
+propagates, so the task retries the whole chunk; results are idempotent, so that costs only time.
 """
 
 from __future__ import annotations
@@ -22,29 +26,39 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from cxr.core.errors import PermanentError
-from cxr.core.imaging import decode_image, preprocess
+from cxr.core.errors import ImageError, TransientError
+from cxr.core.imaging import decode_image
 from cxr.core.imaging.dicom import ImageSkipped
+from cxr.core.outcomes import FailureStage, SkipReason, one_line
 from cxr.core.privacy import hash_identifier
 from cxr.core.settings import Settings
-from modelstore import Manifest
+from modelstore.runtime import ModelRuntime
 from worker import metrics
 from worker.fetch import ObjectFetcher
-from worker.model_cache import LoadedModel
 
 
 @dataclass(frozen=True)
 class ImageFailure:
-    """An image that could not be scored: the stage (fetch/decode/preprocess/infer) and why."""
+    """An image that could not be scored: where (``FailureStage``) and why (one line)."""
 
     uri: str
-    stage: str
+    stage: FailureStage
     reason: str
     sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """An image deliberately not run through the model, and why."""
+
+    uri: str
+    sha256: str | None
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -58,31 +72,34 @@ class PreparedImage:
     width: int
     height: int
     patient_id_hash: str | None
+    study_uid_hash: str | None
     tensor: np.ndarray
+
+    def skipped(self, reason: str) -> SkippedImage:
+        return SkippedImage(self.uri, self.sha256, reason)
 
 
 @dataclass(frozen=True)
 class ScoredImage:
     image: PreparedImage
-    probabilities: np.ndarray  # one per manifest class, in manifest order
+    probabilities: np.ndarray  # one per class, in manifest order
+    label: str  # by the runtime's one rule
 
 
 @dataclass
 class ChunkOutcome:
     scored: list[ScoredImage] = field(default_factory=list)
     failures: list[ImageFailure] = field(default_factory=list)
-    #: Images this model version had already scored (in an earlier job, or earlier in this
-    #: chunk under another name): not run through the model again.
-    skipped: list[PreparedImage] = field(default_factory=list)
-
-    @property
-    def handled(self) -> int:
-        return len(self.scored) + len(self.failures) + len(self.skipped)
+    #: Images not run through the model: this version had already scored the same bytes (in an
+    #: earlier job, or earlier in this chunk under another name), or a policy keeps them out.
+    skipped: list[SkippedImage] = field(default_factory=list)
 
 
 #: Given sha256s, returns those this model version has already scored.
 AlreadyScored = Callable[[Sequence[str]], set[str]]
 
+#: What the decode pool hands back for one URI.
+Prepared = PreparedImage | SkippedImage | ImageFailure
 
 log = logging.getLogger(__name__)
 
@@ -90,34 +107,17 @@ log = logging.getLogger(__name__)
 FIRST_BATCH_DIVISOR = 4
 
 
-def to_probabilities(raw: np.ndarray, manifest: Manifest) -> np.ndarray:
-    """The model's raw output → (N, len(classes)) probabilities in manifest class order.
-
-    softmax: one column per class, as is. sigmoid: a single unit giving P(classes[1]), so
-    P(classes[0]) = 1 - p.
-    """
-    raw = np.asarray(raw, dtype=np.float64)
-    n_classes = len(manifest.classes)
-    if manifest.output == "sigmoid":
-        if raw.ndim != 2 or raw.shape[1] != 1:
-            raise PermanentError(f"a sigmoid model must output (N, 1), {manifest.ref} gave {raw.shape}")
-        positive = raw[:, 0]
-        return np.stack([1.0 - positive, positive], axis=1)
-    if raw.ndim != 2 or raw.shape[1] != n_classes:
-        raise PermanentError(
-            f"a softmax model with {n_classes} classes must output (N, {n_classes}), "
-            f"{manifest.ref} gave {raw.shape}"
-        )
-    return raw
-
-
-def prepare_image(uri: str, fetcher: ObjectFetcher, manifest: Manifest, settings: Settings) -> PreparedImage:
-    """Fetch → sha256 → decode → preprocess one image. Permanent problems become ``_StageError``."""
+def prepare_image(uri: str, fetcher: ObjectFetcher, runtime: ModelRuntime, settings: Settings) -> Prepared:
+    """Fetch → sha256 → decode → preprocess one image. Never raises for a problem of this image:
+    it comes back as an ``ImageFailure`` (or a ``SkippedImage``). A ``TransientError`` (storage
+    unreachable) is about every image and propagates."""
     started = time.perf_counter()
     try:
         data = fetcher.fetch(uri)
-    except PermanentError as exc:
-        raise _StageError(ImageFailure(uri, "fetch", str(exc))) from exc
+    except TransientError:
+        raise
+    except Exception as exc:
+        return ImageFailure(uri, FailureStage.FETCH, _reason(exc))
     metrics.STAGE_DURATION.labels(stage="fetch").observe(time.perf_counter() - started)
 
     sha256 = hashlib.sha256(data).hexdigest()
@@ -130,13 +130,13 @@ def prepare_image(uri: str, fetcher: ObjectFetcher, manifest: Manifest, settings
             hasher=functools.partial(hash_identifier, settings=settings),
         )
     except ImageSkipped as exc:  # readable, but outside what we score (e.g. a lateral view)
-        raise _StageError(ImageFailure(uri, "policy", str(exc), sha256)) from exc
-    except PermanentError as exc:
-        raise _StageError(ImageFailure(uri, "decode", str(exc), sha256)) from exc
+        return SkippedImage(uri, sha256, str(exc))
+    except Exception as exc:
+        return ImageFailure(uri, FailureStage.DECODE, _reason(exc), sha256)
     try:
-        tensor = preprocess(decoded.pixels, manifest.input)
-    except PermanentError as exc:
-        raise _StageError(ImageFailure(uri, "preprocess", str(exc), sha256)) from exc
+        tensor = runtime.preprocess(decoded.pixels)
+    except Exception as exc:
+        return ImageFailure(uri, FailureStage.PREPROCESS, _reason(exc), sha256)
     metrics.STAGE_DURATION.labels(stage="decode").observe(time.perf_counter() - started)
     return PreparedImage(
         uri=uri,
@@ -146,16 +146,16 @@ def prepare_image(uri: str, fetcher: ObjectFetcher, manifest: Manifest, settings
         width=decoded.width,
         height=decoded.height,
         patient_id_hash=decoded.metadata.get("patient_id_hash"),
+        study_uid_hash=decoded.metadata.get("study_uid_hash"),
         tensor=tensor,
     )
 
 
-class _StageError(Exception):
-    """Carries a per-image failure out of a worker thread."""
-
-    def __init__(self, failure: ImageFailure) -> None:
-        super().__init__(failure.reason)
-        self.failure = failure
+def _reason(exc: BaseException) -> str:
+    """Our own errors carry a reason meant for people; anything else also needs its type."""
+    if isinstance(exc, MemoryError):
+        return "image too large to decode in memory"
+    return " ".join(str(exc).split()) if isinstance(exc, ImageError) else one_line(exc)
 
 
 def _lower_thread_priority(niceness: int) -> None:
@@ -175,41 +175,73 @@ def _lower_thread_priority(niceness: int) -> None:
         log.debug("could not lower the decode thread's priority: %s", exc)
 
 
+class _DecodePool:
+    """The decode threads, replaceable: a decoder stuck on one file keeps its thread (Python
+    cannot stop a thread), so the pool is abandoned to it and new images get a fresh one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool = self._new()
+
+    def _new(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(
+            self.settings.decode_threads,
+            thread_name_prefix="cxr-decode",
+            initializer=_lower_thread_priority,
+            initargs=(self.settings.decode_niceness,),
+        )
+
+    def abandon(self) -> None:
+        """Leave the current threads to finish on their own; later submissions go elsewhere."""
+        self.pool.shutdown(wait=False)
+        self.pool = self._new()
+
+    def close(self, pending: Sequence[Future[Prepared]]) -> None:
+        for future in pending:
+            future.cancel()
+        self.pool.shutdown(wait=not any(future.running() for future in pending))
+
+
 def _prepared_in_order(
-    uris: Sequence[str], fetcher: ObjectFetcher, manifest: Manifest, settings: Settings, window: int
-) -> Iterator[PreparedImage | ImageFailure]:
-    """Prepared images (or failures) in URI order, with at most ``window`` in flight."""
-    pending: collections.deque[Future[PreparedImage]] = collections.deque()
+    uris: Sequence[str], fetcher: ObjectFetcher, runtime: ModelRuntime, settings: Settings, window: int
+) -> Iterator[Prepared]:
+    """Prepared images (or skips, or failures) in URI order, with at most ``window`` in flight."""
+    pending: collections.deque[tuple[str, Future[Prepared]]] = collections.deque()
     remaining = iter(uris)
-    with ThreadPoolExecutor(
-        settings.decode_threads,
-        thread_name_prefix="cxr-decode",
-        initializer=_lower_thread_priority,
-        initargs=(settings.decode_niceness,),
-    ) as pool:
-        try:
-            while True:
-                while len(pending) < window and (uri := next(remaining, None)) is not None:
-                    pending.append(pool.submit(prepare_image, uri, fetcher, manifest, settings))
-                if not pending:
-                    return
-                try:
-                    yield pending.popleft().result()
-                except _StageError as exc:
-                    yield exc.failure
-        finally:
-            for future in pending:
-                future.cancel()
+    decode = _DecodePool(settings)
+    try:
+        while True:
+            while len(pending) < window and (uri := next(remaining, None)) is not None:
+                pending.append((uri, decode.pool.submit(prepare_image, uri, fetcher, runtime, settings)))
+            if not pending:
+                return
+            uri, future = pending.popleft()
+            try:
+                yield future.result(timeout=settings.decode_timeout_s)
+            except FutureTimeout:
+                limit = settings.decode_timeout_s
+                log.error("%s: still decoding after %g s; failed, and its thread abandoned", uri, limit)
+                yield ImageFailure(uri, FailureStage.DECODE, f"fetch and decode took longer than {limit:g} s")
+                # Images queued behind the stuck one move to a fresh pool, in the same order;
+                # those already running finish on the old one.
+                queued = [future.cancel() for _, future in pending]
+                decode.abandon()
+                pending = collections.deque(
+                    (u, decode.pool.submit(prepare_image, u, fetcher, runtime, settings) if moved else f)
+                    for (u, f), moved in zip(pending, queued, strict=True)
+                )
+    finally:
+        decode.close([future for _, future in pending])
 
 
 def classify_uris(
     uris: Sequence[str],
-    loaded: LoadedModel,
+    runtime: ModelRuntime,
     settings: Settings,
     fetcher: ObjectFetcher,
     already_scored: AlreadyScored | None = None,
 ) -> ChunkOutcome:
-    """Score ``uris`` with ``loaded`` in batches of ``inference_batch_size``, decoding ahead.
+    """Score ``uris`` with ``runtime`` in batches of ``inference_batch_size``, decoding ahead.
 
     Images whose bytes this model version has already scored (``already_scored``, or an
     earlier URI of this chunk with the same sha256) are skipped, not run again: a re-run of an
@@ -229,16 +261,18 @@ def classify_uris(
         target = batch_size
         known = already_scored([image.sha256 for image in batch]) if already_scored else set()
         fresh = [image for image in batch if image.sha256 not in known]
-        outcome.skipped.extend(image for image in batch if image.sha256 in known)
+        outcome.skipped.extend(i.skipped(SkipReason.ALREADY_SCORED) for i in batch if i.sha256 in known)
         if fresh:
-            _infer(fresh, loaded, outcome)
+            _infer(fresh, runtime, outcome)
         batch.clear()
 
-    for item in _prepared_in_order(uris, fetcher, loaded.manifest, settings, window=2 * batch_size):
+    for item in _prepared_in_order(uris, fetcher, runtime, settings, window=2 * batch_size):
         if isinstance(item, ImageFailure):
             outcome.failures.append(item)
-        elif item.sha256 in seen:
+        elif isinstance(item, SkippedImage):
             outcome.skipped.append(item)
+        elif item.sha256 in seen:
+            outcome.skipped.append(item.skipped(SkipReason.DUPLICATE_IN_CHUNK))
         else:
             seen.add(item.sha256)
             batch.append(item)
@@ -249,19 +283,20 @@ def classify_uris(
     return outcome
 
 
-def _infer(batch: list[PreparedImage], loaded: LoadedModel, outcome: ChunkOutcome) -> None:
+def _infer(batch: list[PreparedImage], runtime: ModelRuntime, outcome: ChunkOutcome) -> None:
     """One forward pass; a batch the model refuses becomes infer-stage failures."""
     started = time.perf_counter()
     try:
-        raw = loaded.forward(np.stack([image.tensor for image in batch]))
-        probabilities = to_probabilities(raw, loaded.manifest)
+        probabilities = runtime.predict_proba(np.stack([image.tensor for image in batch]))
     except Exception as exc:  # any model error is about this batch, not transient
-        reason = f"inference failed: {type(exc).__name__}: {str(exc)[:300]}"
-        log.error("%s on a batch of %d (%s)", reason, len(batch), loaded.manifest.ref)
-        outcome.failures.extend(ImageFailure(i.uri, "infer", reason, i.sha256) for i in batch)
+        reason = f"inference failed: {one_line(exc)}"
+        log.error("%s on a batch of %d (%s)", reason, len(batch), runtime.ref)
+        outcome.failures.extend(ImageFailure(i.uri, FailureStage.INFER, reason, i.sha256) for i in batch)
         return
     metrics.STAGE_DURATION.labels(stage="infer").observe(time.perf_counter() - started)
     metrics.BATCH_SIZE.observe(len(batch))
+    labels = runtime.labels(probabilities)
     outcome.scored.extend(
-        ScoredImage(image, probs) for image, probs in zip(batch, probabilities, strict=True)
+        ScoredImage(image, probs, label)
+        for image, probs, label in zip(batch, probabilities, labels, strict=True)
     )

@@ -7,8 +7,9 @@ already has this model version's overlay for this method is not explained again,
 redelivered chunk (or a chunk whose worker died after scoring but before explaining) ends with
 exactly one set of artifacts per image.
 
-An explanation that fails is logged and counted, never recorded as a failed image: the image
-*was* scored, and its prediction stands.
+An explanation that fails (the image cannot be re-read, the model cannot be explained, the
+artifacts cannot be written: a full or unreachable store) is logged and counted, never recorded
+as a failed image: the image *was* scored, and its prediction stands.
 """
 
 from __future__ import annotations
@@ -25,16 +26,24 @@ from sqlalchemy.orm import Session
 
 from cxr.core.db.models import CLASSIFICATION, Artifact, Job, Prediction
 from cxr.core.db.session import session_scope
-from cxr.core.errors import CxrError
+from cxr.core.errors import TransientError
 from cxr.core.imaging import decode_image
 from cxr.core.labels import is_positive
+from cxr.core.outcomes import one_line
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store
-from cxr.explain.artifacts import ArtifactRecord, artifact_prefix, insert_artifacts, write_artifacts
+from cxr.explain.artifacts import (
+    ArtifactRecord,
+    artifact_prefix,
+    explanation_params,
+    insert_artifacts,
+    write_artifacts,
+)
+from modelstore import ResolvedModel
+from modelstore.runtime import ModelRuntime
 from worker import metrics
 from worker.engine import ChunkOutcome
 from worker.fetch import ObjectFetcher
-from worker.model_cache import LoadedModel, ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +64,7 @@ def explain_options(settings: Settings, job_id: str) -> tuple[str, str]:
 
 
 def select_for_explanation(
-    settings: Settings, spec: ModelSpec, classes: Sequence[str], outcome: ChunkOutcome, mode: str, method: str
+    settings: Settings, spec: ResolvedModel, outcome: ChunkOutcome, mode: str, method: str
 ) -> list[str]:
     """URIs of a scored chunk to explain: positives or all, one per distinct image, minus the
     images this model version has already explained with this method."""
@@ -63,9 +72,10 @@ def select_for_explanation(
         return []
     labels: dict[str, tuple[str, str]] = {}  # sha256 -> (uri, predicted label)
     for result in outcome.scored:
-        label = classes[int(result.probabilities.argmax())]
-        labels.setdefault(result.image.sha256, (result.image.uri, label))
-    skipped = {image.sha256: image.uri for image in outcome.skipped if image.sha256 not in labels}
+        labels.setdefault(result.image.sha256, (result.image.uri, result.label))
+    skipped = {
+        image.sha256: image.uri for image in outcome.skipped if image.sha256 and image.sha256 not in labels
+    }
     with session_scope(settings) as session:
         if skipped:
             for sha, label in session.execute(
@@ -92,25 +102,10 @@ def select_for_explanation(
     return sorted(uri for sha, uri in wanted.items() if sha not in done)
 
 
-def _explainer(loaded: LoadedModel, method: str) -> Any:
-    """One Explainer per (loaded model, method), kept with the model in the process cache."""
-    if method not in loaded.explainers:
-        from cxr.explain.explainer import Explainer
-        from cxr.explain.methods import make_method
-
-        manifest = loaded.manifest
-        loaded.explainers[method] = Explainer(
-            make_method(method, loaded.model, output=manifest.output, default_layer=manifest.gradcam_layer),
-            classes=manifest.classes,
-            contract=manifest.input,
-        )
-    return loaded.explainers[method]
-
-
 def explain_uris(
     settings: Settings,
-    spec: ModelSpec,
-    loaded: LoadedModel,
+    spec: ResolvedModel,
+    runtime: ModelRuntime,
     uris: Sequence[str],
     method: str,
     fetcher: ObjectFetcher,
@@ -119,7 +114,7 @@ def explain_uris(
     caller's to insert (with the chunk's results, in the same transaction)."""
     from cxr.explain.render import render_files
 
-    explainer = _explainer(loaded, method)
+    explainer = runtime.explainer(method)
     store = open_store(settings=settings)
     explained: list[ExplainedImage] = []
     failed = 0
@@ -130,8 +125,10 @@ def explain_uris(
             pixels = decode_image(
                 data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
             ).pixels
-        except CxrError as exc:
-            log.warning("cannot explain %s: %s", uri, exc)
+        except TransientError:
+            raise
+        except Exception as exc:  # this image only; its prediction stands
+            log.warning("cannot explain %s: %s", uri, one_line(exc))
             return None
         return uri, data, pixels
 
@@ -146,19 +143,20 @@ def explain_uris(
             try:
                 items = explainer.explain([pixels for _, _, pixels in loaded_images])
             except Exception as exc:  # a model that cannot be explained must not fail the scoring
-                log.error("explaining a batch with %s failed: %s: %s", spec.name, type(exc).__name__, exc)
+                log.error("explaining a batch with %s failed: %s", spec.ref, one_line(exc))
                 failed += len(loaded_images)
                 continue
-            for (_uri, data, pixels), item in zip(loaded_images, items, strict=True):
+            for (uri, data, pixels), item in zip(loaded_images, items, strict=True):
                 sha256 = hashlib.sha256(data).hexdigest()
-                # An all-zero heatmap (no positive evidence for the class) has no location:
-                # its shortcut score is undefined, not 0, and stays out of every aggregate.
-                score = item.shortcut_score if float(item.heatmap.max()) > 0 else None
-                records = write_artifacts(
-                    store, render_files(item, pixels), model_name=spec.name, model_version=spec.version,
-                    method=item.method, image_sha256=sha256,
-                    params={"layer": item.layer, "label": item.label, "shortcut_score": score},
-                )  # fmt: skip
+                try:
+                    records = write_artifacts(
+                        store, render_files(item, pixels), model_name=spec.name, model_version=spec.version,
+                        method=item.method, image_sha256=sha256, params=explanation_params(item),
+                    )  # fmt: skip
+                except Exception as exc:  # a full or unreachable store: counted, the scores stand
+                    log.warning("cannot write the explanation of %s: %s", uri, one_line(exc))
+                    failed += 1
+                    continue
                 explained.append((sha256, records))
             metrics.STAGE_DURATION.labels(stage="explain").observe(time.perf_counter() - started)
     metrics.EXPLANATIONS.labels(spec.name, str(spec.version), method, "explained").inc(len(explained))
@@ -167,7 +165,7 @@ def explain_uris(
 
 
 def record_artifacts(
-    session: Session, job_id: str | None, spec: ModelSpec, rows: Sequence[ExplainedImage]
+    session: Session, job_id: str | None, spec: ResolvedModel, rows: Sequence[ExplainedImage]
 ) -> None:
     """Artifact rows for explained images, linked to their prediction and image when scored."""
     if not rows:

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+from cxr.core.outcomes import Outcome
+
+if TYPE_CHECKING:
+    from modelstore import ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +86,15 @@ def model_loaded(name: str, version: int, sha256: str, classes: Iterable[str], s
     MODEL_LOAD_SECONDS.labels(model=name).observe(seconds)
     MODEL_INFO.labels(model=name, version=str(version), sha256=sha256).set(1)
     for label in classes:
-        IMAGES_SCORED.labels(model=name, version=str(version), label=label, outcome="scored")
+        IMAGES_SCORED.labels(model=name, version=str(version), label=label, outcome=Outcome.SCORED.value)
+
+
+def count_images(model: ResolvedModel, outcome: Outcome, label: str, n: int = 1) -> None:
+    """Count ``n`` images of one outcome: ``label`` is the predicted class of a scored image,
+    the ``FailureStage`` of a failed one, empty for a skip. Every failure row the worker
+    writes is counted here, including a whole chunk given up (``results.give_up_chunk``)."""
+    if n:
+        IMAGES_SCORED.labels(model.name, str(model.version), str(label), outcome.value).inc(n)
 
 
 def model_evicted(name: str, version: int, sha256: str) -> None:

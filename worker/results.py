@@ -30,10 +30,12 @@ from cxr.core.db.models import (
     utcnow,
 )
 from cxr.core.db.session import get_engine, insert_ignoring_conflicts, session_scope
+from cxr.core.outcomes import FailureStage, Outcome
 from cxr.core.settings import Settings
+from modelstore import ResolvedModel
+from worker import metrics
 from worker.engine import ChunkOutcome, ImageFailure
 from worker.explaining import ExplainedImage, record_artifacts
-from worker.model_cache import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class WriteSummary:
     skipped: int = 0
 
 
-def scored_hashes(settings: Settings, spec: ModelSpec, sha256s: Sequence[str]) -> set[str]:
+def scored_hashes(settings: Settings, spec: ResolvedModel, sha256s: Sequence[str]) -> set[str]:
     """Those of ``sha256s`` that ``spec``'s exact version has already scored."""
     if not sha256s:
         return set()
@@ -76,15 +78,18 @@ def scored_hashes(settings: Settings, spec: ModelSpec, sha256s: Sequence[str]) -
 
 def _job_image_rows(job_id: str, chunk_seq: int, outcome: ChunkOutcome) -> list[dict[str, object]]:
     rows: dict[str, dict[str, object]] = {}
-    for kind, uri, sha256 in [
-        *(("scored", r.image.uri, r.image.sha256) for r in outcome.scored),
-        *(("skipped", i.uri, i.sha256) for i in outcome.skipped),
-        *(("failed", f.uri, f.sha256) for f in outcome.failures),
+    for kind, uri, sha256, reason in [
+        *((Outcome.SCORED, r.image.uri, r.image.sha256, None) for r in outcome.scored),
+        *((Outcome.SKIPPED, i.uri, i.sha256, i.reason) for i in outcome.skipped),
+        *((Outcome.FAILED, f.uri, f.sha256, None) for f in outcome.failures),
     ]:
         rows.setdefault(
             uri,
-            {"job_id": job_id, "uri": uri, "image_sha256": sha256, "outcome": kind, "chunk_seq": chunk_seq},
-        )
+            {
+                "job_id": job_id, "uri": uri, "image_sha256": sha256, "outcome": kind.value,
+                "chunk_seq": chunk_seq, "reason": None if reason is None else str(reason),
+            },
+        )  # fmt: skip
     return list(rows.values())
 
 
@@ -136,7 +141,7 @@ def _failure_rows(job_id: str, failures: Iterable[ImageFailure]) -> list[dict[st
                 "job_id": job_id,
                 "image_uri": failure.uri,
                 "image_sha256": failure.sha256,
-                "stage": failure.stage,
+                "stage": FailureStage(failure.stage).value,
                 "reason": failure.reason,
             },
         )
@@ -147,7 +152,7 @@ def write_chunk(
     settings: Settings,
     job_id: str,
     chunk_seq: int,
-    spec: ModelSpec,
+    spec: ResolvedModel,
     classes: Sequence[str],
     outcome: ChunkOutcome,
     explained: Sequence[ExplainedImage] = (),
@@ -173,9 +178,9 @@ def write_chunk(
                     "width": image.width,
                     "height": image.height,
                     "patient_id_hash": image.patient_id_hash,
+                    "study_uid_hash": image.study_uid_hash,
                 },
             )
-            best = int(probs.argmax())
             predictions.setdefault(
                 image.sha256,
                 {
@@ -183,8 +188,8 @@ def write_chunk(
                     "model_name": spec.name,
                     "model_version": spec.version,
                     "kind": PREDICTION_KIND,
-                    "label": classes[best],
-                    "confidence": float(probs[best]),
+                    "label": result.label,
+                    "confidence": float(probs[classes.index(result.label)]),
                     "probabilities": {name: float(p) for name, p in zip(classes, probs, strict=True)},
                     "job_id": job_id,
                 },
@@ -204,9 +209,17 @@ def write_chunk(
 
 
 def give_up_chunk(
-    settings: Settings, job_id: str, chunk_seq: int, uris: Sequence[str], stage: str, reason: str
+    settings: Settings,
+    spec: ResolvedModel,
+    job_id: str,
+    chunk_seq: int,
+    uris: Sequence[str],
+    stage: FailureStage,
+    reason: str,
 ) -> WriteSummary:
-    """Record every image of an unfinished chunk as failed and close the chunk."""
+    """Record every image of an unfinished chunk as failed, close the chunk, and count the
+    failures in ``cxr_images_scored_total`` (the one place a whole chunk is given up: a model
+    that cannot load, a poison chunk, a timeout, an unexpected error, exhausted retries)."""
     outcome = ChunkOutcome(failures=[ImageFailure(uri, stage, reason) for uri in uris])
     with session_scope(settings) as session:
         chunk = _lock_chunk(session, job_id, chunk_seq)
@@ -218,5 +231,6 @@ def give_up_chunk(
         if chunk is not None:
             chunk.status = ChunkStatus.FAILED
             chunk.finished_at = utcnow()
+    metrics.count_images(spec, Outcome.FAILED, stage, failed)
     log.warning("gave up chunk %s/%d (%d images): %s", job_id, chunk_seq, len(uris), reason)
     return WriteSummary(0, failed)

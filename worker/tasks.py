@@ -13,7 +13,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 import worker.lifecycle  # noqa: F401  (connects the worker-process signal handlers)
 from cxr.core.errors import StorageUnavailable, TransientError
+from cxr.core.outcomes import FailureStage, one_line
 from cxr.core.settings import Settings, get_settings
+from modelstore import ResolvedModel
 from worker.app import CLASSIFY_CHUNK, EXPLAIN_CHUNK, RETRAIN, app
 from worker.chunk import run_classify_chunk, run_explain_chunk
 from worker.results import give_up_chunk
@@ -39,25 +41,24 @@ def classify_chunk(self: Task, job_id: str, model: dict[str, Any], uris: list[st
     """Score one chunk of image URIs with the pinned model and record the results in SQL."""
     settings = get_settings()
     retries = int(self.request.retries or 0)
+    spec = ResolvedModel.from_dict(model)
     try:
         report = run_classify_chunk(settings, job_id, model, uris, chunk_seq, attempt=retries)
     except SoftTimeLimitExceeded:
-        limit = settings.task_time_limit_s
-        give_up_chunk(
-            settings, job_id, chunk_seq, uris, "timeout", f"chunk exceeded 90% of its {limit} s limit"
-        )
+        reason = f"chunk exceeded 90% of its {settings.task_time_limit_s} s limit"
+        give_up_chunk(settings, spec, job_id, chunk_seq, uris, FailureStage.TIMEOUT, reason)
         raise
     except Exception as exc:
         if not is_transient(exc):
             # A bug or an unexpected library error: account for the images, so the job can
             # still finish, and let Celery record the task as failed with the traceback.
-            reason = f"unexpected error: {type(exc).__name__}: {str(exc)[:300]}"
-            give_up_chunk(settings, job_id, chunk_seq, uris, "worker", reason)
+            reason = f"unexpected error: {one_line(exc)}"
+            give_up_chunk(settings, spec, job_id, chunk_seq, uris, FailureStage.WORKER, reason)
             raise
         if retries >= settings.task_max_retries:
-            stage = "fetch" if isinstance(exc, StorageUnavailable) else "write"
-            reason = f"gave up after {retries} retries: {type(exc).__name__}: {exc}"
-            give_up_chunk(settings, job_id, chunk_seq, uris, stage, reason)
+            stage = FailureStage.FETCH if isinstance(exc, StorageUnavailable) else FailureStage.WRITE
+            reason = f"gave up after {retries} retries: {one_line(exc)}"
+            give_up_chunk(settings, spec, job_id, chunk_seq, uris, stage, reason)
             raise
         delay = retry_delay(retries, settings)
         log.warning("chunk %s/%d: %s; retry %d in %.1f s", job_id, chunk_seq, exc, retries + 1, delay)

@@ -38,22 +38,17 @@ def explain(
     """Predict and explain IMAGE files: label, probabilities, regions of interest, shortcut score."""
     from cxr.core.imaging import decode_image
     from cxr.core.storage import open_store
-    from cxr.explain.artifacts import write_artifacts
-    from cxr.explain.explainer import Explainer
-    from cxr.explain.methods import make_method
+    from cxr.explain.artifacts import explanation_params, write_artifacts
     from cxr.explain.render import render_files
     from modelstore import open_model_store
-    from modelstore.loading import load_keras_model
+    from modelstore.runtime import ModelRuntime
 
     settings = ready_settings()
     models = open_model_store(settings)
-    pulled = models.pull(models.resolve(model_ref))
-    manifest = pulled.manifest
-    explainer = Explainer(
-        make_method(method, load_keras_model(pulled.path), output=manifest.output,
-                    default_layer=manifest.gradcam_layer),
-        classes=manifest.classes, contract=manifest.input,
-    )  # fmt: skip
+    runtime = ModelRuntime.load(models, models.resolve(model_ref), warm_up=False)
+    manifest = runtime.manifest
+    assert manifest is not None  # loaded from the store
+    explainer = runtime.explainer(method)
     artifact_store = open_store(settings=settings) if to_store else None
     results: list[dict[str, Any]] = []
     for start in range(0, len(images), _CHUNK):
@@ -79,7 +74,7 @@ def explain(
             if artifact_store is not None:
                 written = write_artifacts(artifact_store, files, model_name=manifest.name,
                                           model_version=manifest.version, method=item.method,
-                                          image_sha256=sha256, params={"layer": item.layer})  # fmt: skip
+                                          image_sha256=sha256, params=explanation_params(item))  # fmt: skip
                 record["artifacts"] = [a.uri for a in written]
             results.append(record)
     if as_json:
@@ -93,7 +88,11 @@ def _print_record(record: dict[str, Any]) -> None:
     probabilities = ", ".join(f"{c} {p:.3f}" for c, p in record["probabilities"].items())
     click.echo(f"{record['image']}: {record['label']} ({probabilities})")
     click.echo(f"  {record['method']} on {record['layer']} for {record['explained_class']}; "
-               f"shortcut score {record['shortcut_score']:.3f}")  # fmt: skip
+               f"shortcut score {_score(record['shortcut_score'])}")  # fmt: skip
     for region in record["rois"]:
         click.echo(f"  roi {region['box']} share {region['share']:.3f}")
     click.echo(f"  files in {Path(record['files'][0]).parent}")
+
+
+def _score(value: float | None) -> str:
+    return "undefined (no positive evidence)" if value is None else f"{value:.3f}"

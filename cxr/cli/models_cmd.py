@@ -77,7 +77,7 @@ def show(ref: str, as_json: bool) -> None:
         emit_json(data)
         return
     click.echo(f"{manifest.ref}  ({manifest.architecture}, {manifest.output} over {manifest.classes})")
-    click.echo(f"  file      {resolved.uri}")
+    click.echo(f"  file      {store.file_uri(resolved)}")
     click.echo(f"  sha256    {manifest.sha256}")
     click.echo(f"  input     {manifest.input.height}×{manifest.input.width}×{manifest.input.channels}, "
                f"{manifest.input.normalization}, {manifest.input.resize}, "

@@ -75,7 +75,7 @@ def score(
 def print_summary(summary: dict) -> None:
     click.echo(
         f"job {summary['job_id']} {summary['status']}: {summary['total']} images, "
-        f"{summary['scored']} scored, {summary['skipped']} skipped (already scored), "
+        f"{summary['scored']} scored, {summary['skipped']} skipped, "
         f"{summary['failed']} failed"
     )
     click.echo(
@@ -83,6 +83,10 @@ def print_summary(summary: dict) -> None:
     )
     for label, count in summary["by_label"].items():
         click.echo(f"  {label:<12} {count}")
+    if summary["skipped_by_reason"]:
+        click.echo("skipped:")
+        for reason, count in summary["skipped_by_reason"].items():
+            click.echo(f"  {count:>5} × {reason}")
     if summary["failures_by_reason"]:
         click.echo("failures:")
         for reason, count in summary["failures_by_reason"].items():

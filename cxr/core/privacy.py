@@ -37,7 +37,3 @@ def hash_identifier(value: str, settings: Settings | None = None) -> str:
     """The salted hash of an identifier (hex, 64 characters)."""
     key = _salt(settings or get_settings())
     return hmac.new(key, value.strip().encode("utf-8"), hashlib.sha256).hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

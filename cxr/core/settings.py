@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     decode_threads: int = Field(
         default=2, ge=1, description="Threads that fetch and decode while the model infers."
     )
+    decode_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest one image may take to fetch and decode (about a second for a "
+        "4k×4k DICOM). Past it the image fails with stage decode and the chunk goes on; the "
+        "stuck decoder keeps its thread until it returns, and new images get fresh threads.",
+    )
     decode_niceness: int = Field(
         default=10,
         ge=0,

@@ -51,6 +51,12 @@ class ArtifactRecord:
         }
 
 
+def explanation_params(item: Any) -> dict[str, Any]:
+    """The params every explanation's artifact rows carry, from the worker and ``cxr explain
+    --store`` alike (``item`` is an ``ImageExplanation``)."""
+    return {"layer": item.layer, "label": item.label, "shortcut_score": item.shortcut_score}
+
+
 def method_slug(method: str) -> str:
     """A method name safe in keys and URLs: 'gradcam++' → 'gradcam-plus-plus'."""
     return method.replace("++", "-plus-plus")

@@ -1,23 +1,28 @@
 """Decoded radiographs → one ``ImageExplanation`` each: prediction, heatmap, regions, shortcut
 score. The glue the worker, training evaluation and the CLI share, so they explain alike.
 
-Images are preprocessed with THE preprocessing function and the model's own input contract.
+Images are preprocessed by the model runtime (THE preprocessing function, the model's own input
+contract), and probabilities and labels come from the runtime's one conversion and tie rule, so
+an explanation states the same call as the stored prediction.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr.core.imaging import InputContract, preprocess
 from cxr.explain.geometry import Placement, placement
-from cxr.explain.methods import ExplanationMethod
+from cxr.explain.methods import ExplanationMethod, make_method
 from cxr.explain.regions import DEFAULT_MAX_REGIONS, DEFAULT_THRESHOLD, Region, regions_of_interest
-from cxr.explain.scores import ClassScore, class_probabilities, predicted_classes
+from cxr.explain.scores import ClassScore
 from cxr.explain.shortcut import CENTRAL_MARGIN, shortcut_score
+from modelstore.outputs import class_probabilities
+
+if TYPE_CHECKING:
+    from modelstore.runtime import ModelRuntime
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,7 @@ class ImageExplanation:
     heatmap: np.ndarray  # (h, w) in [0, 1] at the layer's resolution
     placement: Placement
     rois: list[Region]
-    shortcut_score: float
+    shortcut_score: float | None  # None: an all-zero map has no location
     channels: np.ndarray | None = None  # (k, h, w), feature maps only
     channel_indices: np.ndarray | None = None
 
@@ -44,28 +49,36 @@ class ImageExplanation:
             "explained_class": self.explained_class,
             "probabilities": self.probabilities,
             "rois": [region.to_dict() for region in self.rois],
-            "shortcut_score": round(self.shortcut_score, 6),
+            "shortcut_score": None if self.shortcut_score is None else round(self.shortcut_score, 6),
             "image_size": [self.placement.original_width, self.placement.original_height],
             "heatmap_size": [int(self.heatmap.shape[1]), int(self.heatmap.shape[0])],
         }
 
 
 class Explainer:
-    """One model, its classes and input contract, and one explanation method."""
+    """One model runtime and one explanation method: a method name (what ``runtime.explainer``
+    builds, with the manifest's Grad-CAM layer), or a method already built on the runtime's model
+    (another layer, batch size or channel count)."""
 
     def __init__(
         self,
-        method: ExplanationMethod,
+        runtime: ModelRuntime,
+        method: str | ExplanationMethod,
         *,
-        classes: Sequence[str],
-        contract: InputContract,
         threshold: float = DEFAULT_THRESHOLD,
         max_regions: int = DEFAULT_MAX_REGIONS,
         margin: float = CENTRAL_MARGIN,
     ) -> None:
+        self.runtime = runtime
+        if isinstance(method, str):
+            method = make_method(
+                method, runtime.model, output=runtime.output, default_layer=runtime.gradcam_layer
+            )
+        elif method.model is not runtime.model:
+            raise ValueError(f"the {method.name} method was built on another model than {runtime.ref}")
         self.method = method
-        self.classes = list(classes)
-        self.contract = contract
+        self.classes = runtime.classes
+        self.contract = runtime.contract
         self.threshold = threshold
         self.max_regions = max_regions
         self.margin = margin
@@ -82,10 +95,10 @@ class Explainer:
         self, images: Sequence[np.ndarray], *, class_name: str | None = None, layer: str | None = None
     ) -> list[ImageExplanation]:
         """Explain float32 (H, W) [0, 1] images at their original sizes."""
-        batch = np.stack([preprocess(pixels, self.contract) for pixels in images])
+        batch = np.stack([self.runtime.preprocess(pixels) for pixels in images])
         result = self.method(ClassScore(self.class_index(class_name)), batch, layer)
-        probabilities = class_probabilities(result.probabilities, self.method.output)
-        predicted = predicted_classes(result.probabilities, self.method.output)
+        probabilities = class_probabilities(np.asarray(result.probabilities, np.float64), self.runtime.output)
+        predicted = self.runtime.label_indices(probabilities)
         explained = []
         for i, pixels in enumerate(images):
             where = placement(self.contract, *pixels.shape)

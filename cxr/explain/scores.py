@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
+from modelstore.outputs import OutputKind, class_probabilities, label_indices
 
-OutputKind = Literal["softmax", "sigmoid"]
 HeadKind = Literal["logits", "probabilities"]
 
 
@@ -30,14 +29,13 @@ class ClassScore:
 
     def targets(self, probabilities: Any, output: OutputKind) -> Any:
         """The class index explained for each image, an int32 tensor (N,), in backend ops so
-        that the whole scoring step can be compiled."""
+        that the whole scoring step can be compiled: the fixed class, or each image's label by
+        the model store's one rule (``modelstore.outputs``)."""
         from keras import ops
 
         if self.class_index is not None:
             return ops.zeros_like(probabilities[:, 0], dtype="int32") + self.class_index
-        if output == "sigmoid":
-            return ops.cast(probabilities[:, 0] >= 0.5, "int32")
-        return ops.cast(ops.argmax(probabilities, axis=-1), "int32")
+        return ops.cast(label_indices(class_probabilities(probabilities, output, ops), ops), "int32")
 
     def __call__(self, head: Any, targets: Any, output: OutputKind, head_kind: HeadKind) -> Any:
         """The per-image score tensor (N,) picked from the model head with backend-neutral ops."""
@@ -50,17 +48,3 @@ class ClassScore:
         if head_kind == "logits":
             return ops.where(positive, unit, -unit)
         return ops.where(positive, unit, 1.0 - unit)
-
-
-def predicted_classes(probabilities: np.ndarray, output: OutputKind) -> np.ndarray:
-    """Argmax for softmax; ``p >= 0.5`` → classes[1] for a single sigmoid unit."""
-    if output == "sigmoid":
-        return (probabilities[:, 0] >= 0.5).astype(np.int64)
-    return np.argmax(probabilities, axis=-1).astype(np.int64)
-
-
-def class_probabilities(probabilities: np.ndarray, output: OutputKind) -> np.ndarray:
-    """(N, classes) probabilities; a sigmoid unit p becomes [1 - p, p]."""
-    if output == "sigmoid":
-        return np.concatenate([1.0 - probabilities[:, :1], probabilities[:, :1]], axis=1)
-    return probabilities

@@ -34,19 +34,21 @@ def central_box(height: int, width: int, margin: float = CENTRAL_MARGIN) -> tupl
     return dy, dx, height - dy, width - dx
 
 
-def shortcut_score(heatmap: np.ndarray, where: Placement, margin: float = CENTRAL_MARGIN) -> float:
+def shortcut_score(heatmap: np.ndarray, where: Placement, margin: float = CENTRAL_MARGIN) -> float | None:
     """Share in [0, 1] of the heatmap's energy outside the central box of the IMAGE (letterbox
-    padding excluded). A map with no energy has nothing off-centre: 0.0."""
+    padding excluded). A map with no energy (no positive evidence for the class) has no
+    location: its score is undefined (None) and stays out of every aggregate."""
     content = content_map(heatmap, where)
     return outside_share(content, margin)
 
 
-def outside_share(image_map: np.ndarray, margin: float = CENTRAL_MARGIN) -> float:
-    """Share of a map that covers exactly the image, lying outside its central box."""
+def outside_share(image_map: np.ndarray, margin: float = CENTRAL_MARGIN) -> float | None:
+    """Share of a map that covers exactly the image, lying outside its central box; None for a
+    map with no positive energy."""
     positive = np.maximum(np.asarray(image_map, dtype=np.float64), 0.0)
     total = float(positive.sum())
     if total <= 0.0:
-        return 0.0
+        return None
     top, left, bottom, right = central_box(*positive.shape, margin=margin)
     inside = float(positive[top:bottom, left:right].sum())
     return float(np.clip(1.0 - inside / total, 0.0, 1.0))

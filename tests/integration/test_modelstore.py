@@ -54,7 +54,7 @@ def test_publish_resolve_pull_roundtrip(settings, model_file):
     assert store.resolve("tiny").version == 2
     resolved = store.resolve("tiny@1")
     assert resolved.sha256 == first.sha256
-    assert resolved.uri.endswith("models/tiny/1/model.keras")
+    assert store.file_uri(resolved).endswith("models/tiny/1/model.keras")
 
     store.set_alias("tiny", "production", 2)
     assert store.resolve("tiny@production").version == 2

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from cxr.core.imaging import InputContract, preprocess
-from cxr.explain.explainer import Explainer
 from cxr.explain.geometry import placement, to_original
 from cxr.explain.maps import relu_normalize, upsample
 from cxr.explain.methods import GradCAM, GradCAMPlusPlus
-from tests.explain_models import CONV_LAYER, region_model, with_blob, xray_like
+from tests.explain_models import CONV_LAYER, explainer_for, region_model, with_blob, xray_like
 
 SIZE = 32
 
@@ -49,7 +48,7 @@ def test_roi_boxes_come_back_in_original_pixels(method_cls, resize, shape, model
     x0, y0, x1, y1 = original_box(model_box, where)
     assert 0 <= x0 < x1 <= shape[1] and 0 <= y0 < y1 <= shape[0]  # the box is inside the image
     image = with_blob(xray_like(*shape), (round(y0), round(x0), round(y1), round(x1)))
-    explainer = Explainer(method_cls(region_model(model_box, size=SIZE), default_layer=CONV_LAYER),
+    explainer = explainer_for(method_cls(region_model(model_box, size=SIZE), default_layer=CONV_LAYER),
                           classes=["normal", "covid"], contract=contract)  # fmt: skip
     [item] = explainer.explain([image])
     box = item.rois[0].box

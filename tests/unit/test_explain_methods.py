@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from cxr.core.imaging import InputContract
-from cxr.explain.explainer import Explainer
 from cxr.explain.methods import FeatureMaps, GradCAM, GradCAMPlusPlus, make_method
 from cxr.explain.scores import ClassScore
-from tests.explain_models import CONV_LAYER, region_model, with_blob, xray_like
+from tests.explain_models import CONV_LAYER, explainer_for, region_model, with_blob, xray_like
 from tests.models import tiny_cnn
 
 SIZE = 32
@@ -34,8 +33,9 @@ def inside(row: int, col: int, box: tuple[int, int, int, int], slack: int = 1) -
 def test_peak_and_first_roi_lie_in_the_region_the_model_reads(method_cls, output):
     model = region_model(BOX, size=SIZE, output=output)
     image = with_blob(with_blob(xray_like(SIZE, SIZE), BOX), DISTRACTOR)
-    explainer = Explainer(method_cls(model, default_layer=CONV_LAYER), classes=["normal", "covid"],
-                          contract=CONTRACT)  # fmt: skip
+    explainer = explainer_for(
+        method_cls(model, default_layer=CONV_LAYER), classes=["normal", "covid"], contract=CONTRACT
+    )
     [item] = explainer.explain([image])
     assert item.label == "covid" and item.explained_class == "covid"
     row, col = np.unravel_index(np.argmax(item.heatmap), item.heatmap.shape)
@@ -75,15 +75,16 @@ def test_gradients_are_per_sample_not_batch_averaged(sigmoid_model):
 @pytest.mark.parametrize("method_cls", [GradCAM, GradCAMPlusPlus])
 def test_no_positive_evidence_gives_zeros_not_nan(sigmoid_model, method_cls):
     image = with_blob(xray_like(SIZE, SIZE), BOX)
-    explainer = Explainer(method_cls(sigmoid_model, default_layer=CONV_LAYER), classes=["normal", "covid"],
-                          contract=CONTRACT)  # fmt: skip
+    explainer = explainer_for(
+        method_cls(sigmoid_model, default_layer=CONV_LAYER), classes=["normal", "covid"], contract=CONTRACT
+    )
     # classes[0] of a sigmoid model is scored by the negative logit: every weight is negative
     [against] = explainer.explain([image], class_name="normal")
     # a black image: every activation is zero
     [black] = explainer.explain([np.zeros((SIZE, SIZE), np.float32)])
     for item in (against, black):
         assert np.isfinite(item.heatmap).all() and not item.heatmap.any()
-        assert item.rois == [] and item.shortcut_score == 0.0
+        assert item.rois == [] and item.shortcut_score is None  # no evidence: undefined, as stored
 
 
 def test_feature_maps_keep_the_most_active_channels():
@@ -101,7 +102,7 @@ def test_feature_maps_keep_the_most_active_channels():
 
 
 def test_unknown_layer_class_and_method_are_clear_errors(sigmoid_model):
-    explainer = Explainer(GradCAM(sigmoid_model), classes=["normal", "covid"], contract=CONTRACT)
+    explainer = explainer_for(GradCAM(sigmoid_model), classes=["normal", "covid"], contract=CONTRACT)
     image = xray_like(SIZE, SIZE)
     with pytest.raises(ValueError, match="no layer 'nope'"):
         explainer.explain([image], layer="nope")

@@ -11,10 +11,9 @@ from PIL import Image
 
 from cxr.core.imaging import InputContract
 from cxr.explain.artifacts import artifact_prefix, insert_artifacts, write_artifacts
-from cxr.explain.explainer import Explainer
 from cxr.explain.methods import FeatureMaps, GradCAM
 from cxr.explain.render import feature_grid_png, overlay_png, render_files
-from tests.explain_models import CONV_LAYER, region_model, with_blob, xray_like
+from tests.explain_models import CONV_LAYER, explainer_for, region_model, with_blob, xray_like
 from tests.models import tiny_cnn
 
 SHA = "ab" + "0" * 62
@@ -26,7 +25,7 @@ def explained():
     image = with_blob(xray_like(250, 300), (40, 190, 90, 260))
     contract = InputContract(height=32, width=32, channels=1)
     method = GradCAM(region_model((5, 20, 12, 28)), default_layer=CONV_LAYER)
-    explainer = Explainer(method, classes=["normal", "covid"], contract=contract)
+    explainer = explainer_for(method, classes=["normal", "covid"], contract=contract)
     return image, explainer.explain([image])[0]
 
 
@@ -53,8 +52,11 @@ def test_overlay_keeps_the_original_size_for_any_heatmap():
 
 def test_feature_maps_grid_is_six_by_six_by_default():
     model = tiny_cnn(size=32, channels=1, classes=3)
-    explainer = Explainer(FeatureMaps(model), classes=["covid", "normal", "pneumonia"],
-                          contract=InputContract(height=32, width=32, channels=1))  # fmt: skip
+    explainer = explainer_for(
+        FeatureMaps(model),
+        classes=["covid", "normal", "pneumonia"],
+        contract=InputContract(height=32, width=32, channels=1),
+    )
     item = explainer.explain([xray_like(64, 64)])[0]
     files = render_files(item, xray_like(64, 64))
     assert "feature_maps.png" in files and item.channels.shape[0] == 4  # the layer has 4 channels

@@ -42,10 +42,10 @@ def test_dicom_archive_scored_with_identifiers_only_hashed(settings, tmp_path, c
     summary = job_summary(settings, job.job_id)
     write_report(settings, job.job_id, tmp_path / "report.html")
 
-    assert (summary["total"], summary["scored"], summary["failed"]) == (4, 3, 1)
-    (failure,) = summary["failures"]
-    assert failure["uri"].endswith("lateral.dcm") and failure["stage"] == "policy"
-    assert "not frontal" in failure["reason"]
+    assert (summary["total"], summary["scored"], summary["skipped"], summary["failed"]) == (4, 3, 1, 0)
+    assert summary["failures"] == []  # a lateral view is a policy decision: skipped, not failed
+    ((reason, count),) = summary["skipped_by_reason"].items()
+    assert "not frontal" in reason and count == 1
 
     database = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"))
     dump = "\n".join(database.iterdump())

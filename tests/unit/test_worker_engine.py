@@ -6,7 +6,6 @@ import hashlib
 import os
 import sys
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +16,12 @@ from cxr.core.db.migrate import upgrade
 from cxr.core.db.models import Chunk, ChunkStatus, Failure, Job, JobImage, Prediction
 from cxr.core.db.session import dispose_engines, session_scope
 from cxr.core.settings import Settings
-from modelstore import open_model_store
+from modelstore import ResolvedModel, open_model_store
 from tests import worker_support as support
 from worker.chunk import run_classify_chunk
-from worker.engine import _lower_thread_priority, classify_uris, to_probabilities
+from worker.engine import _lower_thread_priority, classify_uris
 from worker.fetch import ObjectFetcher
-from worker.model_cache import ModelCache, ModelSpec
+from worker.model_cache import ModelCache
 from worker.results import record_delivery
 
 
@@ -158,23 +157,20 @@ def test_model_cache_loads_once_and_evicts_least_recently_used(settings, model, 
         input_contract=support.CONTRACT, output="softmax",
     )  # fmt: skip
     cache = ModelCache(settings, capacity=1)
-    first_spec = ModelSpec.from_dict(model)
+    first_spec = ResolvedModel.from_dict(model)
     loaded = cache.get(first_spec)
     assert cache.get(first_spec) is loaded
     assert loaded.load_seconds > 0
-    cache.get(ModelSpec(second.name, second.version, second.sha256))
+    cache.get(ResolvedModel(second.name, second.version, second.sha256))
     assert len(cache) == 1 and first_spec not in cache
 
 
-def test_sigmoid_output_becomes_two_class_probabilities():
-    from modelstore import Manifest
+def test_sigmoid_output_becomes_two_class_probabilities_and_a_tie_goes_to_the_first_class():
+    from modelstore.outputs import class_probabilities, label_indices
 
-    manifest = Manifest(
-        name="binary", version=1, architecture="x", classes=["non_covid", "covid"],
-        input=support.CONTRACT, output="sigmoid", sha256="0" * 64, size_bytes=1,
-    )  # fmt: skip
-    probs = to_probabilities(np.array([[0.9], [0.2]]), manifest)
-    np.testing.assert_allclose(probs, [[0.1, 0.9], [0.8, 0.2]])
+    probs = class_probabilities(np.array([[0.9], [0.2], [0.5]]), "sigmoid")
+    np.testing.assert_allclose(probs, [[0.1, 0.9], [0.8, 0.2], [0.5, 0.5]])
+    assert label_indices(probs).tolist() == [1, 0, 0]
 
 
 def test_without_a_broker_chunks_run_in_process(settings, model, tmp_path):
@@ -262,14 +258,17 @@ def test_the_first_batch_of_a_chunk_is_small_and_the_rest_are_full(settings, mod
     what is left, and every image is scored once."""
     settings = settings.model_copy(update={"inference_batch_size": 8})
     uris = write_images(tmp_path / "in", support.sample_images(21))
-    loaded = ModelCache(settings).get(ModelSpec.from_dict(model))
+    loaded = ModelCache(settings).get(ResolvedModel.from_dict(model))
     sizes: list[int] = []
+
+    compiled = loaded.forward
 
     def forward(batch: np.ndarray) -> np.ndarray:
         sizes.append(len(batch))
-        return loaded.forward(batch)
+        return compiled(batch)
 
-    outcome = classify_uris(uris, replace(loaded, forward=forward), settings, ObjectFetcher(settings))
+    loaded.forward = forward
+    outcome = classify_uris(uris, loaded, settings, ObjectFetcher(settings))
     assert sizes == [2, 8, 8, 3]
     assert len(outcome.scored) == 21 and not outcome.failures
 

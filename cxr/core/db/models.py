@@ -133,7 +133,6 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    kind: Mapped[str] = mapped_column(String(16), default="score")
     status: Mapped[JobStatus] = mapped_column(
         Enum(JobStatus, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]),
         default=JobStatus.PENDING,
@@ -190,8 +189,11 @@ class JobImage(Base):
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     uri: Mapped[str] = mapped_column(Text)
     image_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
-    outcome: Mapped[str] = mapped_column(String(16))  # scored | skipped | failed
+    outcome: Mapped[str] = mapped_column(String(16))  # cxr.core.outcomes.Outcome
     chunk_seq: Mapped[int | None] = mapped_column(Integer)
+    #: Why a skipped image was not run (already scored, a lateral view); failures keep theirs
+    #: in ``failures``.
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Image(Base):
@@ -255,7 +257,7 @@ class Failure(Base):
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     image_uri: Mapped[str] = mapped_column(Text)
     image_sha256: Mapped[str | None] = mapped_column(String(64))
-    stage: Mapped[str] = mapped_column(String(16))  # fetch | decode | preprocess | infer | write
+    stage: Mapped[str] = mapped_column(String(16))  # cxr.core.outcomes.FailureStage
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

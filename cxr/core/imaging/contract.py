@@ -6,9 +6,9 @@ a model can never be fed differently from how it was trained.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 #: How pixel values in [0, 1] map onto the model's expected input range.
 #:  unit        [0, 1]                      (simple_cnn, most from-scratch models)
@@ -20,6 +20,10 @@ Normalization = Literal["unit", "symmetric", "caffe", "torch", "raw255"]
 
 #: A contrast step after resizing: none, or CLAHE (see ``preprocess.clahe``).
 Contrast = Literal["none", "clahe"]
+
+
+#: Fields older manifests carry that no longer exist: accepted on read, dropped.
+RETIRED_FIELDS = frozenset({"grayscale_to_channels", "dtype"})
 
 
 class InputContract(BaseModel):
@@ -43,8 +47,15 @@ class InputContract(BaseModel):
         description="clahe: contrast-limited adaptive histogram equalisation of the resized gray "
         "image (8×8 tiles, clip limit 2), which evens out exposure between scanners and sites.",
     )
-    grayscale_to_channels: Literal["replicate"] = "replicate"
-    dtype: Literal["float32"] = "float32"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired_fields(cls, data: Any) -> Any:
+        """Manifests published before these fields were retired still load (they only ever
+        held their one allowed value: gray replicated to the channels, float32)."""
+        if isinstance(data, dict) and (RETIRED_FIELDS & data.keys()):
+            data = {key: value for key, value in data.items() if key not in RETIRED_FIELDS}
+        return data
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -1,0 +1,180 @@
+"""The one way a model is run: ``ModelRuntime``.
+
+The worker, ``cxr explain``, ``cxr evaluate``, the promotion gate, the retraining job, the test
+split of a training run and the benchmarks all score through it, so a model is measured exactly
+as production scores it: THE preprocessing function with the manifest's input contract, one
+compiled forward pass, one conversion of the output into class probabilities and one tie rule
+(``modelstore.outputs``).
+
+Keras (and TensorFlow) are imported only when a runtime is built, never at module import.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cxr.core.imaging import InputContract, preprocess
+from cxr.core.imaging.preprocess import finish
+from modelstore.manifest import Manifest
+from modelstore.outputs import OutputKind, check_output_shape, class_probabilities, label_indices
+from modelstore.store import ModelStore, PulledModel, ResolvedModel
+
+if TYPE_CHECKING:
+    from cxr.explain.explainer import Explainer
+
+log = logging.getLogger(__name__)
+
+Forward = Callable[[np.ndarray], np.ndarray]
+
+#: Images per forward pass when a caller hands over a whole dataset.
+DEFAULT_BATCH_SIZE = 32
+
+
+def compile_forward(model: Any, input_shape: tuple[int, ...]) -> Forward:
+    """``model(x, training=False)`` as a compiled function with a free batch dimension.
+
+    On the TensorFlow backend that is a ``tf.function`` with an input signature, so batches of
+    any size reuse one graph (``model.predict`` per batch rebuilds its data pipeline every call,
+    which dominates on CPU). Other backends call the model eagerly.
+    """
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        signature = [tf.TensorSpec(shape=(None, *input_shape), dtype=tf.float32)]
+        graph = tf.function(lambda x: model(x, training=False), input_signature=signature)
+        return lambda batch: np.asarray(graph(batch))
+    return lambda batch: np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)))
+
+
+class ModelRuntime:
+    """A loaded model with its input contract and classes: preprocess → forward → probabilities
+    → labels, and explanations of the same model.
+
+    Thread-safe for prediction (the compiled graph is); explainers are built once per method.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        classes: Sequence[str],
+        contract: InputContract,
+        output: OutputKind,
+        ref: str,
+        gradcam_layer: str | None = None,
+        manifest: Manifest | None = None,
+        identity: ResolvedModel | None = None,
+        load_seconds: float = 0.0,
+    ) -> None:
+        self.model = model
+        self.classes = list(classes)
+        self.contract = contract
+        self.output: OutputKind = output
+        self.ref = ref
+        self.gradcam_layer = gradcam_layer
+        self.manifest = manifest
+        self.identity = identity
+        self.load_seconds = load_seconds
+        self.forward = compile_forward(model, contract.shape)
+        self._explainers: dict[str, Explainer] = {}
+        self._lock = threading.Lock()
+
+    # ---- building ---------------------------------------------------------------------------
+    @classmethod
+    def from_pulled(cls, pulled: PulledModel, *, warm_up: bool = True) -> ModelRuntime:
+        """Load a verified local copy in Keras safe mode and compile it (traced once if ``warm_up``)."""
+        from modelstore.loading import load_keras_model
+
+        started = time.perf_counter()
+        manifest = pulled.manifest
+        runtime = cls(
+            load_keras_model(pulled.path),
+            classes=manifest.classes,
+            contract=manifest.input,
+            output=manifest.output,
+            ref=manifest.ref,
+            gradcam_layer=manifest.gradcam_layer,
+            manifest=manifest,
+            identity=ResolvedModel(manifest.name, manifest.version, manifest.sha256),
+        )
+        if warm_up:
+            runtime.warm_up()
+        runtime.load_seconds = time.perf_counter() - started
+        log.info("loaded %s (sha256 %s…) in %.2f s", manifest.ref, manifest.sha256[:12], runtime.load_seconds)
+        return runtime
+
+    @classmethod
+    def load(cls, store: ModelStore, ref: str | ResolvedModel, *, warm_up: bool = True) -> ModelRuntime:
+        """Resolve (unless pinned), pull (sha256-checked) and load one model version."""
+        started = time.perf_counter()
+        runtime = cls.from_pulled(store.pull(ref), warm_up=warm_up)
+        runtime.load_seconds = time.perf_counter() - started
+        return runtime
+
+    def warm_up(self) -> None:
+        """Trace the compiled graph now, so the first real batch does not pay for it."""
+        self.predict_proba(np.zeros((1, *self.contract.shape), dtype=np.float32))
+
+    # ---- scoring ----------------------------------------------------------------------------
+    def preprocess(self, pixels: np.ndarray) -> np.ndarray:
+        """A decoded radiograph (float32 gray in [0, 1]) → this model's input tensor."""
+        return preprocess(pixels, self.contract)
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """(N, H, W, C) preprocessed inputs → (N, classes) float64 probabilities, manifest order."""
+        raw = np.asarray(self.forward(np.asarray(batch, dtype=np.float32)), dtype=np.float64)
+        check_output_shape(raw, self.output, len(self.classes), self.ref)
+        return class_probabilities(raw, self.output)
+
+    def predict_inputs(self, inputs: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """``predict_proba`` over any number of preprocessed inputs, ``batch_size`` at a time."""
+        parts = [self.predict_proba(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)))
+
+    def predict_gray(self, gray: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """Probabilities for gray inputs at the contract's size ((N, H, W, 1) in [0, 1], what a
+        training dataset caches, see ``preprocess_gray``): each batch is finished (channels,
+        normalization) exactly as ``preprocess`` would, then scored."""
+        parts = [
+            self.predict_proba(finish(gray[i : i + batch_size], self.contract))
+            for i in range(0, len(gray), batch_size)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)))
+
+    def predict_pixels(
+        self, images: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> np.ndarray:
+        """Probabilities for decoded radiographs at their own sizes."""
+        parts = [
+            self.predict_proba(np.stack([self.preprocess(p) for p in images[i : i + batch_size]]))
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)))
+
+    def label_indices(self, probabilities: np.ndarray) -> np.ndarray:
+        """Each row's class index (ties: the class listed first)."""
+        return np.asarray(label_indices(np.asarray(probabilities)), dtype=np.int64)
+
+    def labels(self, probabilities: np.ndarray) -> list[str]:
+        """Each row's class name."""
+        return [self.classes[i] for i in self.label_indices(probabilities)]
+
+    # ---- explaining -------------------------------------------------------------------------
+    def explainer(self, method: str) -> Explainer:
+        """The explainer of this model for ``method`` ('gradcam', 'gradcam++', 'feature-maps'),
+        built once. (``cxr.explain`` sits above the model store; it is imported here lazily,
+        only by callers that explain.)"""
+        with self._lock:
+            if method not in self._explainers:
+                from cxr.explain.explainer import Explainer
+
+                self._explainers[method] = Explainer(self, method)
+            return self._explainers[method]
