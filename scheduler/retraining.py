@@ -87,8 +87,8 @@ def promotion_gate(
         promoted, reason = True, f"no model holds {alias!r} yet"
     elif incumbent == candidate_version:
         promoted, reason = False, f"version {incumbent} already holds {alias!r}"
-    elif incumbent_value is None:
-        promoted, reason = True, f"{metric} of the current model is undefined on this evaluation set"
+    elif incumbent_value is None:  # "not worse" cannot be shown against an undefined figure
+        promoted, reason = False, f"{metric} of the current model is undefined on this evaluation set"
     elif candidate_value >= incumbent_value - margin:
         promoted = True
         reason = f"{metric} {candidate_value:.4f} >= {incumbent_value:.4f} - margin {margin}"
@@ -146,6 +146,7 @@ def retrain(settings: Settings) -> GateResult:
         epochs=settings.retrain_epochs,
         weights=settings.retrain_weights,
         publish=True,
+        parent_version=parent,
         verbose=2,
     )
     result = train(config, settings)

@@ -25,7 +25,7 @@ from cxr.core.db.models import Failure, JobImage
 from cxr.core.db.session import session_scope
 from cxr.core.settings import Settings
 from scheduler.summary import job_summary
-from tests.dicom_files import make_dicom
+from tests.dicom_files import make_dicom, malformed_voi_lut_dicom
 from tests.worker_support import synthetic_png
 
 
@@ -106,6 +106,7 @@ def _dicom_files() -> dict[str, bytes]:
         "jpeg-ls.dcm": _jpeg_ls_dicom(),
         # A VOI LUT of two entries that cannot map 12-bit values: the decoder must fall back.
         "bogus-voi.dcm": make_dicom(pixels, voi_lut=np.array([0, 0])),
+        "malformed-voi-lut.dcm": malformed_voi_lut_dicom(pixels),
         "garbage-after-preamble.dcm": b"\x00" * 128 + b"DICM" + b"\xff\x13garbage" * 20,
     }
 
@@ -159,6 +160,7 @@ FILE_CASES = [
     Case("lateral.dcm", "skipped", "", "not frontal"),  # a policy decision, not a failure
     Case("jpeg-ls.dcm", "failed", "decode", "install the pylibjpeg plugins"),
     Case("bogus-voi.dcm", "scored"),
+    Case("malformed-voi-lut.dcm", "failed", "decode", ""),
     Case("garbage-after-preamble.dcm", "failed", "decode", "DICOM"),
 ]
 GOOD = ["good-1.png", "good-2.png", "good-3.png"]

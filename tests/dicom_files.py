@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -56,6 +57,19 @@ def make_dicom(
         ds.VOILUTSequence = Sequence([item])
     if with_pixels:
         ds.PixelData = np.ascontiguousarray(pixels, dtype=np.uint16).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def malformed_voi_lut_dicom(pixels: np.ndarray) -> bytes:
+    """A DICOM whose VOI LUT descriptor promises 4096 entries while its LUTData holds 16: pydicom
+    raises ``struct.error`` reading it, an exception no image library documents."""
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.LUTData = (np.arange(16, dtype=np.uint16) * 100).tobytes()
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(pixels)))
+    ds.VOILUTSequence = Sequence([item])
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

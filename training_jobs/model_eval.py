@@ -10,8 +10,10 @@ three places: a report in object storage, an ``Evaluation`` row in SQL, and the 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from cxr.core.db.models import new_id
 from cxr.core.settings import Settings
@@ -29,6 +31,9 @@ class EvaluationResult:
     report_uri: str
     metrics: dict[str, Any]
     data_fingerprint: str
+    #: Each evaluated image's content hash and class probabilities, in dataset order.
+    image_sha256: list[str] = field(default_factory=list)
+    probabilities: np.ndarray | None = None
 
 
 def evaluate_model(
@@ -89,4 +94,7 @@ def evaluate_model(
         manifest.name, manifest.version, MetricRecord(dataset=source, n=len(data), values=values)
     )
     log.info("evaluated %s on %s: report %s", manifest.ref, source, result.report_uri)
-    return EvaluationResult(manifest.ref, evaluation_id, result.report_uri, result.metrics, data.fingerprint)
+    return EvaluationResult(
+        manifest.ref, evaluation_id, result.report_uri, result.metrics, data.fingerprint,
+        image_sha256=list(data.sha256), probabilities=result.probs,
+    )  # fmt: skip

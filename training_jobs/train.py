@@ -70,6 +70,9 @@ class TrainConfig:
     deterministic: bool = False
     publish: bool = False
     aliases: tuple[str, ...] = ()
+    #: The version this model replaces, recorded as the manifest's parent (the retraining job
+    #: passes the alias holder); None: the latest published version of the name, if any.
+    parent_version: int | None = None
     limit: int | None = None
     bootstrap_resamples: int = 1000
     verbose: int = 2  # Keras fit verbosity: 1 progress bar, 2 one line per epoch
@@ -373,7 +376,8 @@ def _publish(
     from modelstore.loading import library_versions
 
     store = open_model_store(settings)
-    parent = store.versions(config.name)
+    published = store.versions(config.name)
+    parent = config.parent_version if config.parent_version is not None else (published or [None])[-1]
     manifest = store.publish(
         config.name,
         model_file,
@@ -384,7 +388,7 @@ def _publish(
         gradcam_layer=built.gradcam_layer,
         metrics=[MetricRecord(dataset=dataset_label, n=metrics["n"], values=manifest_values(metrics))],
         training_data_fingerprint=fingerprint,
-        parent_version=parent[-1] if parent else None,
+        parent_version=parent,
         library_versions=library_versions(),
         description=_description(config),
         aliases=config.aliases,

@@ -22,6 +22,7 @@ from cxr.core.storage import open_store
 from modelstore import open_model_store
 from tests import services
 from tests import worker_support as support
+from tests.dicom_files import malformed_voi_lut_dicom
 from worker.app import CLASSIFY_CHUNK, make_app
 from worker.lifecycle import available_cores, inference_threads
 
@@ -68,7 +69,12 @@ def test_real_worker_scores_a_chunk_from_s3_into_postgres(cluster_settings, cele
 
     images = support.sample_images(N_GOOD)
     bucket = open_store(settings.storage_url.rsplit("/", 1)[0], settings)
-    uris = [bucket.put(f"archive/img{i}.img", data) for i, data in enumerate([*images, support.CORRUPT])]
+    # Two bad files in the middle of the chunk: a corrupt PNG, and a DICOM whose malformed VOI
+    # LUT makes pydicom raise struct.error, an exception no decoder documents.
+    voi = malformed_voi_lut_dicom((np.arange(64 * 64).reshape(64, 64) % 4096).astype(np.uint16))
+    files = [*images[:3], support.CORRUPT, voi, *images[3:]]
+    uris = [bucket.put(f"archive/img{i}.img", data) for i, data in enumerate(files)]
+    bad_uris = [uris[3], uris[4]]
     job_id = support.create_job(settings, model, total=len(uris))
     port = settings.metrics_port
     before = scored_total(port)
@@ -80,7 +86,7 @@ def test_real_worker_scores_a_chunk_from_s3_into_postgres(cluster_settings, cele
         lambda: sum(job_state(settings, job_id)) == len(uris), 180, "job counters", log_path=celery_worker
     )
 
-    assert job_state(settings, job_id) == (N_GOOD, 1)
+    assert job_state(settings, job_id) == (N_GOOD, 2)
     assert scored_total(port) - before == len(uris)
 
     expected = support.reference_probabilities(model_file, images, support.CONTRACT)
@@ -89,19 +95,20 @@ def test_real_worker_scores_a_chunk_from_s3_into_postgres(cluster_settings, cele
             p.image_sha256: p.probabilities
             for p in session.scalars(select(Prediction).where(Prediction.job_id == job_id))
         }
-        failure = session.scalars(select(Failure).where(Failure.job_id == job_id)).one()
+        failures = session.scalars(select(Failure).where(Failure.job_id == job_id).order_by(Failure.id)).all()
     assert len(stored) == N_GOOD
     for data, row in zip(images, expected, strict=True):
         probs = stored[hashlib.sha256(data).hexdigest()]
         np.testing.assert_allclose([probs[c] for c in support.CLASSES], row, atol=1e-5)
-    assert failure.image_uri == uris[-1] and failure.stage == "decode" and failure.reason
+    assert sorted(f.image_uri for f in failures) == sorted(bad_uris)
+    assert all(f.stage == "decode" and f.reason for f in failures)
 
     app.send_task(CLASSIFY_CHUNK, kwargs=kwargs)  # a redelivery of the same chunk
     support.wait_for(
         lambda: tasks_succeeded(celery_worker) == 2, 60, "second delivery", log_path=celery_worker
     )
     assert chunk_deliveries(settings, job_id) == 2
-    assert job_state(settings, job_id) == (N_GOOD, 1)
+    assert job_state(settings, job_id) == (N_GOOD, 2)
     with session_scope(settings) as session:
         count = session.scalar(
             select(func.count()).select_from(Prediction).where(Prediction.job_id == job_id)

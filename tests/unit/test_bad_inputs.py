@@ -69,3 +69,26 @@ def test_the_corpus_files_really_are_what_they_claim(tmp_path):
     with Image.open(root / "exif-rotated.jpg") as image:
         assert image.getexif()[0x0112] == 6
     assert Path(root / "fifo.png").is_fifo()
+
+
+def test_cxr_score_without_a_broker_exits_0_and_accounts_for_every_file(tmp_path):
+    """The command a user runs: one bad file (a DICOM whose VOI LUT makes pydicom raise
+    struct.error, among the rest of the corpus) costs that file, not the job or the process."""
+    import json
+
+    from tests.models import save_tiny_cnn
+    from tests.unit.test_cli_models import run_cxr
+
+    data = tmp_path / "data"
+    model = save_tiny_cnn(tmp_path / "seed.keras", size=32, channels=3, classes=3)
+    run_cxr("models", "import", str(model), "--name", "seed", "--classes", "covid,normal,pneumonia",
+            "--image-size", "32", "--alias", "production", data_dir=data)  # fmt: skip
+    cases = build_corpus(tmp_path / "archive")
+    result = run_cxr("score", str(tmp_path / "archive"), "--model", "seed@production", "--wait", "--json",
+                     data_dir=data, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["total"] == len(cases)
+    assert summary["scored"] == sum(case.outcome == "scored" for case in cases)
+    assert summary["failed"] == sum(case.outcome == "failed" for case in cases)
+    assert any(f["uri"].endswith("malformed-voi-lut.dcm") for f in summary["failures"])

@@ -104,6 +104,71 @@ def test_corrupt_and_missing_images_become_failures_while_the_rest_is_scored(set
     assert job_counters(settings, job_id) == (2, 2, "finished")
 
 
+def test_whatever_a_decoder_raises_on_one_file_costs_that_file_only(settings, model, tmp_path, monkeypatch):
+    """A third-party decoder's own exceptions (not our ImageError), a MemoryError and a decoder
+    that hangs each fail their one image with a reason; the rest of the chunk is scored."""
+    import struct
+    import time
+    import zlib
+
+    from worker import engine
+
+    settings = settings.model_copy(update={"decode_timeout_s": 1.0})
+    images = [support.synthetic_png(seed) for seed in range(7)]
+    uris = write_images(tmp_path / "images", images)
+    bad = {images[1]: struct.error("unpack requires a buffer of 4 bytes"),
+           images[3]: zlib.error("Error -3 while decompressing data"),
+           images[4]: MemoryError()}  # fmt: skip
+    hanging = images[5]
+    real_decode = engine.decode_image
+
+    def decode_with_faults(data: bytes, **kwargs):
+        if data in bad:
+            raise bad[data]
+        if data == hanging:
+            time.sleep(3)  # a decoder stuck in a loop, longer than the time bound
+        return real_decode(data, **kwargs)
+
+    monkeypatch.setattr(engine, "decode_image", decode_with_faults)
+    job_id = support.create_job(settings, model, total=len(uris))
+    started = time.perf_counter()
+    report = run_classify_chunk(settings, job_id, model, uris, 0, cache=ModelCache(settings))
+
+    assert time.perf_counter() - started < 3, "the chunk did not wait for the stuck decoder"
+    assert (report.status, report.scored, report.failed) == ("done", 3, 4)
+    with session_scope(settings) as session:
+        failures = {f.image_uri: (f.stage, f.reason) for f in session.scalars(select(Failure)).all()}
+    assert failures == {
+        uris[1]: ("decode", "error: unpack requires a buffer of 4 bytes"),
+        uris[3]: ("decode", "error: Error -3 while decompressing data"),
+        uris[4]: ("decode", "image too large to decode in memory"),
+        uris[5]: ("decode", "fetch and decode took longer than 1 s"),
+    }
+    assert job_counters(settings, job_id) == (3, 4, "finished")
+
+
+def test_a_chunk_given_up_is_counted_in_the_failure_metric(settings, model, tmp_path):
+    from prometheus_client import REGISTRY
+
+    from cxr.core.outcomes import FailureStage
+    from worker.results import give_up_chunk
+
+    def failed(stage: str) -> float:
+        labels = {"model": "tiny", "version": str(model["version"]), "label": stage, "outcome": "failed"}
+        return REGISTRY.get_sample_value("cxr_images_scored_total", labels) or 0.0
+
+    uris = write_images(tmp_path / "images", [support.synthetic_png(s) for s in range(3)])
+    job_id = support.create_job(settings, model, total=3)
+    before = failed("timeout")
+    spec = ResolvedModel.from_dict(model)
+    give_up_chunk(settings, spec, job_id, 0, uris, FailureStage.TIMEOUT, "chunk exceeded its limit")
+    assert failed("timeout") == before + 3
+    give_up_chunk(settings, spec, job_id, 0, uris, FailureStage.TIMEOUT, "again")  # already final
+    assert failed("timeout") == before + 3
+    with session_scope(settings) as session:
+        assert session.scalar(select(func.count()).select_from(Failure)) == 3
+
+
 def test_same_chunk_twice_stores_one_prediction_per_image_and_counts_once(settings, model, tmp_path):
     uris = write_images(tmp_path / "images", [support.synthetic_png(s) for s in range(3)] + [support.CORRUPT])
     job_id = support.create_job(settings, model, total=4)
