@@ -3,13 +3,16 @@
     python bench/train_eval.py                                   # the full benchmark (hours on CPU)
     python bench/train_eval.py --archs simple_cnn --epochs 1 --image-size 64 --limit 120   # smoke
     python bench/train_eval.py --archs mobilenetv2+resnet50+vgg16 --head logistic --seeds 0,1,2
+    python bench/train_eval.py --archs mobilenetv2 --head logistic --holdout-sources actualmed,figure1
 
 Every run uses the same patient-level split (70/10/20, seed 0 unless --seeds lists others: each
 seed is another split, which shows how much a figure owes to one particular test set) through
 ``training_jobs.train.train``, exactly as ``cxr train`` does, in a scratch data directory (its own
 SQLite and object store) unless --data-dir says otherwise. ImageNet weights are taken from
 --weights-dir for the architectures that have a file there (an ensemble only when every member
-has one); the others train from scratch.
+has one); the others train from scratch. With --holdout-sources (leave-source-out) those sources'
+films never enter train or validation and are evaluated on their own as well (the lso_* columns):
+on cxr-dev the source nearly gives the label away, so that is the figure to optimise.
 Prints a table and writes JSON. Research use only, not for clinical decisions.
 """
 
@@ -38,6 +41,10 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 MODES = {"3class": ("covid", "normal", "pneumonia"), "binary": ("covid", "non-covid")}
 COLUMNS = ("arch", "mode", "head", "seed", "weights", "params", "train_min", "macro_f1", "covid_sens",
            "covid_spec", "covid_auc", "macro_auc")  # fmt: skip
+LSO_COLUMNS = ("n_lso", "lso_macro_f1", "lso_covid_sens", "lso_covid_spec", "lso_covid_auc")
+#: What the JSON keeps of the leave-source-out figures.
+LSO_KEEP = ("n", "n_per_class", "accuracy", "macro_f1", "macro_f1_classes", "macro_auc", "covid_sensitivity",
+            "covid_specificity", "covid_auc", "confusion_matrix", "ci95", "per_source")  # fmt: skip
 
 
 def weights_for(arch: str, weights_dir: Path | None) -> str:
@@ -64,11 +71,12 @@ def run_one(arch: str, mode: str, seed: int, args: argparse.Namespace, settings:
         fine_tune_epochs=args.fine_tune_epochs, fine_tune_learning_rate=args.fine_tune_learning_rate,
         label_smoothing=args.label_smoothing, contrast=args.contrast,
         seed=seed, limit=args.limit, bootstrap_resamples=args.bootstrap, verbose=2,
+        holdout_sources=tuple(s.strip() for s in args.holdout_sources.split(",") if s.strip()),
         publish=True,  # into the run's scratch store, so that `cxr explain`/`cxr score` can use it
     )  # fmt: skip
     result = train(config, settings)
     m = result.metrics
-    return {
+    row: dict[str, Any] = {
         "arch": arch,
         "mode": mode,
         "head": head,
@@ -88,7 +96,20 @@ def run_one(arch: str, mode: str, seed: int, args: argparse.Namespace, settings:
         "run_id": result.run_id,
         "model": result.model_ref,
         "head_penalties": result.head_penalties,
+        "per_source": m["per_source"],
     }
+    held = result.holdout_metrics
+    if held is not None:
+        row |= {
+            "lso_macro_f1": held["macro_f1"],
+            "lso_covid_sens": held.get("covid_sensitivity"),
+            "lso_covid_spec": held.get("covid_specificity"),
+            "lso_covid_auc": held.get("covid_auc"),
+            "n_lso": held["n"],
+            "leave_source_out": {key: held[key] for key in LSO_KEEP if key in held},
+            "lso_report": result.holdout_report_uri,
+        }
+    return row
 
 
 def _cell(value: Any) -> str:
@@ -118,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--contrast", choices=("none", "clahe"), default="none")
     parser.add_argument("--seeds", default="0", help="comma-separated split seeds; one run per seed")
+    parser.add_argument(
+        "--holdout-sources",
+        default="",
+        help="leave-source-out: comma-separated sources (e.g. actualmed,figure1) kept out of train and "
+        "validation and evaluated on their own",
+    )
     parser.add_argument("--limit", type=int, default=None, help="seeded subset of N images (smoke runs)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     parser.add_argument("--budget-minutes", type=float, default=240.0, help="skip runs once this is spent")
@@ -143,10 +170,13 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 rows.append(run_one(arch, mode, seed, args, settings))
 
-    table = Table(*COLUMNS, title=f"cxr-dev, split by patient 70/10/20 (seeds {args.seeds}), test split")
+    columns = COLUMNS + (LSO_COLUMNS if args.holdout_sources else ())
+    held = f", held out: {args.holdout_sources} (lso_*)" if args.holdout_sources else ""
+    title = f"cxr-dev, split by patient 70/10/20 (seeds {args.seeds}), test split{held}"
+    table = Table(*columns, title=title)
     for row in rows:
-        table.add_row(*(_cell(row.get(c, row.get("skipped", "") if c == "params" else "")) for c in COLUMNS))
-    Console(width=160).print(table)
+        table.add_row(*(_cell(row.get(c, row.get("skipped", "") if c == "params" else "")) for c in columns))
+    Console(width=200 if args.holdout_sources else 160).print(table)
     body = {
         "settings": {k: str(v) for k, v in vars(args).items()},
         "data_dir": str(data_dir),

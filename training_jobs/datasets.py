@@ -8,6 +8,10 @@ Two layouts, local or on S3 (read through ``cxr.core.storage``, like every other
 - a manifest CSV with at least ``path,label,patient_id`` (paths relative to the CSV's folder or
   full ``s3://``/``file://`` URIs); other columns (source, view, ...) are kept as metadata.
 
+Each image also gets a *source* (the hospital or collection it came from; see ``entry_source``):
+on public COVID sets the source nearly gives the label away, so reports break figures down by it
+and leave-source-out evaluation holds whole sources back.
+
 Images are decoded by ``decode_image`` (the worker's decoder) and brought to the model's size by
 ``preprocess`` (the worker's preprocessing) exactly once, into memory. Exact duplicates (same
 sha256) are dropped before anything else sees them, so one film can never sit in both the
@@ -39,6 +43,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm"})
 NON_PREFIX = "non-"
+#: Manifest columns naming an image's source, first match wins; without one, the source is the
+#: prefix of a source-prefixed patient id (``actualmed:ANON170`` → ``actualmed``).
+SOURCE_COLUMNS = ("source", "site")
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,7 @@ class Entry:
     label: str  # the label as the source spells it (lower-cased)
     patient_id: str  # in clear, in memory only; stored anywhere only as a salted hash
     meta: dict[str, str] = field(default_factory=dict)
+    source: str | None = None  # lower-cased; None when the listing does not say (folder layout)
 
 
 @dataclass
@@ -68,6 +76,7 @@ class LoadedDataset:
     sha256: list[str]
     raw_labels: list[str]
     meta: list[dict[str, str]] = field(default_factory=list)  # extra manifest columns per image
+    sources: list[str | None] = field(default_factory=list)  # ``Entry.source`` per image
     dropped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -131,6 +140,20 @@ def open_source(source: str, settings: Settings) -> tuple[ObjectStore, list[Entr
     return store, list_folder(store, where=source)
 
 
+def entry_source(patient_id: str, meta: dict[str, str]) -> str | None:
+    """An image's source: a ``source`` or ``site`` column, else the prefix of a source-prefixed
+    patient id (``nih:00001280`` → ``nih``), lower-cased; None when neither says.
+
+    The one place a source is derived, so the per-source report, the leave-source-out split and
+    the report's (class, source) counts can never disagree about which film came from where.
+    """
+    for column in SOURCE_COLUMNS:
+        if meta.get(column, "").strip():
+            return meta[column].strip().lower()
+    prefix, sep, rest = patient_id.partition(":")
+    return prefix.strip().lower() if sep and prefix.strip() and rest else None
+
+
 def parse_manifest(text: str, where: str = "manifest") -> Iterable[Entry]:
     reader = csv.DictReader(io.StringIO(text))
     missing = {"path", "label", "patient_id"} - set(reader.fieldnames or ())
@@ -143,8 +166,14 @@ def parse_manifest(text: str, where: str = "manifest") -> Iterable[Entry]:
         if not path or not label:
             raise ConfigurationError(f"{where} line {line}: empty path or label")
         meta = {k: v for k, v in row.items() if k not in ("path", "label", "patient_id") and k and v}
-        # A row without a patient id is its own patient, keyed by its path.
-        yield Entry(ref=path, label=label.lower(), patient_id=patient or f"path:{path}", meta=meta)
+        # A row without a patient id is its own patient, keyed by its path (and names no source).
+        yield Entry(
+            ref=path,
+            label=label.lower(),
+            patient_id=patient or f"path:{path}",
+            meta=meta,
+            source=entry_source(patient, meta),
+        )
 
 
 def list_folder(store: ObjectStore, where: str = "folder") -> list[Entry]:
@@ -221,7 +250,7 @@ def load_dataset(
         results = list(pool.map(lambda pair: _load_one(store, pair[0], contract, settings), mapped))
 
     seen: set[str] = set()
-    images, labels, patients, hashes, raw, meta = [], [], [], [], [], []
+    images, labels, patients, hashes, raw, meta, sources = [], [], [], [], [], [], []
     for (entry, label), result in zip(mapped, results, strict=True):
         if isinstance(result, str):
             dropped[result] += 1
@@ -237,6 +266,7 @@ def load_dataset(
         hashes.append(image_hash)
         raw.append(entry.label)
         meta.append(entry.meta)
+        sources.append(entry.source)
     if not images:
         raise ConfigurationError(f"{source}: no usable images for classes {','.join(classes)}")
     for reason, count in sorted(dropped.items()):
@@ -250,21 +280,18 @@ def load_dataset(
         sha256=hashes,
         raw_labels=raw,
         meta=meta,
+        sources=sources,
         dropped=dict(dropped),
     )
     log.info("%s: %d images of %d patients, %s", source, len(dataset), len(set(patients)), dataset.counts())
     return dataset
 
 
-SOURCE_COLUMNS = ("source_repo", "source")
-
-
 def describe(dataset: LoadedDataset) -> dict[str, Any]:
     """A JSON-ready summary (no patient ids) for reports, with images per (class, source) when
     the manifest names sources: where the source nearly gives the label away, a reader must see it."""
     by_source: Counter[str] = Counter()
-    for label, meta in zip(dataset.labels, dataset.meta, strict=True):
-        source = next((meta[c] for c in SOURCE_COLUMNS if meta.get(c)), None)
+    for label, source in zip(dataset.labels, dataset.sources, strict=True):
         if source is not None:
             by_source[f"{dataset.classes[label]} / {source}"] += 1
     return {

@@ -141,14 +141,22 @@ def _mean_defined(values: list[float | None]) -> float | None:
     return float(np.mean(defined)) if defined else None
 
 
-def headline_metrics(y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, macro F1 and AUC (over classes where defined), and the COVID figures."""
+def headline_metrics(
+    y_true: np.ndarray, probs: np.ndarray, classes: Sequence[str], *, present_only: bool = False
+) -> dict[str, Any]:
+    """Accuracy, macro F1 and AUC (over classes where defined), and the COVID figures.
+
+    ``present_only``: macro F1 over the classes present in the truth only. On a set that lacks a
+    class (a held-out hospital without pneumonia films), a few predictions of that class would
+    otherwise add an F1 of 0 for a class nobody could have got right.
+    """
     per_class = per_class_metrics(y_true, probs, classes)
     # Macro averages run over the classes where the figure is defined (scikit-learn's macro F1
     # likewise runs over the labels present in the truth or the predictions).
+    f1s = [m["f1"] for m in per_class.values() if m["n"] > 0 or not present_only]
     values: dict[str, Any] = {
         "accuracy": float(np.mean(probs.argmax(axis=1) == np.asarray(y_true))),
-        "macro_f1": _mean_defined([m["f1"] for m in per_class.values()]),
+        "macro_f1": _mean_defined(f1s),
         "macro_auc": _mean_defined([m["auc"] for m in per_class.values()]),
     }
     if COVID in per_class:
@@ -198,20 +206,24 @@ def evaluate_predictions(
     n_resamples: int = 1000,
     seed: int = 0,
     n_bins: int = 15,
+    present_only: bool = False,
 ) -> dict[str, Any]:
-    """Every figure of the evaluation report, as JSON-ready data."""
+    """Every figure of the evaluation report, as JSON-ready data (``present_only``: see
+    ``headline_metrics``; then ``macro_f1_classes`` names the classes averaged)."""
     y_true = np.asarray(y_true, dtype=np.int64)
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2 or probs.shape != (len(y_true), len(classes)):
         raise ValueError(f"probs must be (N={len(y_true)}, K={len(classes)}), got {probs.shape}")
     if len(y_true) == 0:
         raise ValueError("no predictions to evaluate")
-    headline = headline_metrics(y_true, probs, classes)
+    headline = headline_metrics(y_true, probs, classes, present_only=present_only)
+    present = {"macro_f1_classes": [c for i, c in enumerate(classes) if (y_true == i).any()]}
     return {
         "classes": list(classes),
         "n": len(y_true),
         "n_per_class": {name: int((y_true == i).sum()) for i, name in enumerate(classes)},
         **headline,
+        **(present if present_only else {}),
         "per_class": per_class_metrics(y_true, probs, classes),
         "confusion_matrix": confusion_matrix(y_true, probs.argmax(axis=1), len(classes)).tolist(),
         "ece": expected_calibration_error(y_true, probs, n_bins),
@@ -219,7 +231,7 @@ def evaluate_predictions(
         "ci95": bootstrap_intervals(
             y_true,
             probs,
-            lambda t, p: headline_metrics(t, p, classes),
+            lambda t, p: headline_metrics(t, p, classes, present_only=present_only),
             n_resamples=n_resamples,
             seed=seed,
         ),

@@ -1,6 +1,12 @@
 """One training job, end to end: data → patient split → fit → test-split evaluation → report,
 SQL rows and (optionally) a published model version carrying its metrics.
 
+With ``holdout_sources`` (leave-source-out) the films of those sources are set aside before the
+patient split and evaluated on their own as well: the closest a single dataset comes to a
+hospital the model has never seen. Their figures get their own report, ``Evaluation`` row and
+manifest ``MetricRecord``, so they travel with the model. The test split is also broken down by
+source (``metrics["per_source"]``).
+
 Training runs in two phases for pretrained application models: the new head alone on frozen
 ImageNet features (trained by gradient descent, ``head="dense"``, or fitted as a logistic
 regression, ``head="logistic"``, see ``linear_probe``), then (``fine_tune_layers`` > 0) the top
@@ -13,6 +19,7 @@ epoch's weights.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import tempfile
 import time
@@ -29,12 +36,14 @@ from modelstore.manifest import validate_alias, validate_name
 from modelstore.runtime import ModelRuntime
 from training_jobs import records
 from training_jobs.architectures import BuiltModel, build_model, freeze_base, unfreeze_top
-from training_jobs.assess import assess, manifest_values
-from training_jobs.datasets import describe, load_dataset
+from training_jobs.assess import assess, manifest_values, predict_probabilities
+from training_jobs.by_source import per_source_metrics
+from training_jobs.datasets import LoadedDataset, describe, load_dataset
+from training_jobs.evaluation import evaluate_predictions
 from training_jobs.linear_probe import fit_linear_heads
 from training_jobs.pipeline import Augmentation, class_weights, make_dataset
-from training_jobs.report import penalty_path_png, training_curves_png
-from training_jobs.splits import DEFAULT_FRACTIONS, split_by_patient
+from training_jobs.report import penalty_path_png, training_curves_png, write_report
+from training_jobs.splits import DEFAULT_FRACTIONS, Split, split_holding_out_sources
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +75,9 @@ class TrainConfig:
     contrast: Contrast = "none"  # the input contract's contrast step
     seed: int = 0
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    #: Leave-source-out: sources whose films never enter train or validation and are evaluated
+    #: on their own (names as ``training_jobs.datasets.entry_source`` derives them).
+    holdout_sources: tuple[str, ...] = ()
     augmentation: Augmentation = field(default_factory=Augmentation)
     deterministic: bool = False
     publish: bool = False
@@ -92,6 +104,9 @@ class TrainResult:
     history: dict[str, list[float]]
     runtime: dict[str, Any]
     head_penalties: dict[str, float] = field(default_factory=dict)  # chosen C per logistic head
+    #: Figures on the held-out sources' films (leave-source-out), when any were held out.
+    holdout_metrics: dict[str, Any] | None = None
+    holdout_report_uri: str | None = None
 
 
 def configure_runtime(seed: int, deterministic: bool) -> dict[str, Any]:
@@ -215,7 +230,14 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         contrast=config.contrast,
     )
     data = load_dataset(config.data, classes, contract, settings, limit=config.limit, seed=config.seed)
-    split = split_by_patient(data.patient_ids, data.labels, seed=config.seed, fractions=config.fractions)
+    split = split_holding_out_sources(
+        data.patient_ids,
+        data.labels,
+        data.sources,
+        config.holdout_sources,
+        seed=config.seed,
+        fractions=config.fractions,
+    )
     for part in ("train", "val", "test"):
         if split.indices(part).size == 0:
             raise ValueError(f"the {part} split is empty: {len(data)} images are too few to split by patient")
@@ -228,10 +250,12 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
     (x_train, y_train), (x_val, y_val), (x_test, y_test) = subset("train"), subset("val"), subset("test")
     weights = class_weights(y_train, len(classes))
     log.info(
-        "split by patient: train %d, val %d, test %d images; class weights %s",
+        "split by patient: train %d, val %d, test %d images; held out (%s) %d; class weights %s",
         len(y_train),
         len(y_val),
         len(y_test),
+        ", ".join(split.holdout_sources) or "no source",
+        split.holdout.size,
         weights,
     )
     common = {
@@ -261,13 +285,15 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
     train_seconds = time.monotonic() - started
 
     summary = describe(data)
+    held_out = f"; sources {', '.join(split.holdout_sources)} held out" if split.holdout_sources else ""
     context = {
         "run": run_id,
         "architecture": config.arch,
         "weights": config.weights,
         "data": config.data,
         "data fingerprint": data.fingerprint,
-        "split": f"by patient, seed {config.seed}, fractions {list(config.fractions)}; evaluated on test",
+        "split": f"by patient, seed {config.seed}, fractions {list(config.fractions)}{held_out}; "
+        "evaluated on test",
         "head": config.head,
         "epochs run": len(history.get("loss", [])),
         "train minutes": round(train_seconds / 60, 2),
@@ -296,7 +322,18 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         extra_files=_training_plots(history, probes),
     )
     metrics = result.metrics
-    dataset_label = f"{config.data} test split (by patient, seed {config.seed})"
+    test_sources = [data.sources[i] for i in split.test]
+    metrics["per_source"] = per_source_metrics(
+        y_test, result.probs, classes, test_sources, n_resamples=config.bootstrap_resamples, seed=config.seed
+    )
+    store = open_store(settings=settings)
+    store.put(f"{prefix}/per_source.json", json.dumps(metrics["per_source"], indent=2).encode())
+    dataset_label = f"{config.data} test split (by patient, seed {config.seed}{held_out})"
+    evaluations = [(dataset_label, metrics, result.report_uri)]
+    holdout = None
+    if split.holdout_sources:
+        holdout = _assess_holdout(built, data, split, config, contract, classes, context, prefix, settings)
+        evaluations.append(holdout)
 
     with tempfile.TemporaryDirectory() as tmp:
         model_file = Path(tmp) / "model.keras"
@@ -309,32 +346,35 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
                 built,
                 contract,
                 classes,
-                metrics,
+                evaluations,
                 data.fingerprint,
-                dataset_label,
                 settings,
             )
         else:
-            uri = open_store(settings=settings).put(f"{prefix}/model.keras", model_file.read_bytes())
+            uri = store.put(f"{prefix}/model.keras", model_file.read_bytes())
             log.info("model not published; kept at %s", uri)
 
     version = manifest.version if manifest else None
-    records.record_evaluation(
-        settings,
-        model_name=config.name,
-        model_version=version,
-        dataset=dataset_label,
-        data_fingerprint=data.fingerprint,
-        n_images=len(y_test),
-        metrics=manifest_values(metrics),
-        report_uri=result.report_uri,
-        training_run_id=run_id,
-    )
+    for label, values, report_uri in evaluations:
+        records.record_evaluation(
+            settings,
+            model_name=config.name,
+            model_version=version,
+            dataset=label,
+            data_fingerprint=data.fingerprint,
+            n_images=values["n"],
+            metrics=manifest_values(values),
+            report_uri=report_uri,
+            training_run_id=run_id,
+        )
+    run_metrics = manifest_values(metrics)
+    if holdout is not None:
+        run_metrics["leave_source_out"] = manifest_values(holdout[1]) | {"dataset": holdout[0]}
     records.update_run(
         settings,
         run_id,
         status="finished",
-        metrics=manifest_values(metrics),
+        metrics=run_metrics,
         report_uri=result.report_uri,
         model_version=version,
     )
@@ -348,7 +388,67 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         history=history,
         runtime=runtime | {"dataset": summary},
         head_penalties={name: fitted.penalty for name, fitted in probes.items()},
+        holdout_metrics=holdout[1] if holdout else None,
+        holdout_report_uri=holdout[2] if holdout else None,
     )
+
+
+def holdout_label(data: str, sources: tuple[str, ...]) -> str:
+    """The dataset name of leave-source-out figures, e.g. 'manifest.csv leave-source-out: actualmed,
+    figure1' (in the manifest, the Evaluation row and the run's metrics)."""
+    return f"{data} leave-source-out: {', '.join(sources)}"
+
+
+def _assess_holdout(
+    built: BuiltModel,
+    data: LoadedDataset,
+    split: Split,
+    config: TrainConfig,
+    contract: InputContract,
+    classes: list[str],
+    context: dict[str, Any],
+    prefix: str,
+    settings: Settings,
+) -> tuple[str, dict[str, Any], str]:
+    """(dataset label, figures, report URI) on the held-out sources' films.
+
+    Macro F1 runs over the classes present there (a held-out hospital may lack a class), and the
+    figures are broken down by held-out source as well. Uses the same prediction, metrics and
+    report code as the test split; ``assess`` itself has no ``present_only`` option.
+    """
+    index = split.holdout
+    images, labels = data.images[index], data.labels[index]
+    probs = predict_probabilities(built.model, images, contract, built.output, config.batch_size)
+    metrics = evaluate_predictions(
+        labels, probs, classes, n_resamples=config.bootstrap_resamples, seed=config.seed, present_only=True
+    )
+    metrics["per_source"] = per_source_metrics(
+        labels,
+        probs,
+        classes,
+        [data.sources[i] for i in index],
+        n_resamples=config.bootstrap_resamples,
+        seed=config.seed,
+    )
+    label = holdout_label(config.data, split.holdout_sources)
+    log.info(
+        "%s: COVID AUC %s, macro-F1 %s over %s (n=%d)",
+        label,
+        metrics.get("covid_auc"),
+        metrics["macro_f1"],
+        ",".join(metrics["macro_f1_classes"]),
+        metrics["n"],
+    )
+    uri = write_report(
+        open_store(settings=settings),
+        f"{prefix}/leave-source-out",
+        title=f"{config.name}: {config.arch} on held-out sources {', '.join(split.holdout_sources)}",
+        metrics=metrics,
+        y_true=labels,
+        probs=probs,
+        context=context | {"evaluated on": f"leave-source-out: {', '.join(split.holdout_sources)}"},
+    )
+    return label, metrics, uri
 
 
 def _training_plots(history: dict[str, list[float]], probes: dict[str, Any]) -> dict[str, bytes]:
@@ -367,9 +467,8 @@ def _publish(
     built: BuiltModel,
     contract: InputContract,
     classes: list[str],
-    metrics: dict[str, Any],
+    evaluations: list[tuple[str, dict[str, Any], str]],
     fingerprint: str,
-    dataset_label: str,
     settings: Settings,
 ) -> Any:
     from modelstore import MetricRecord, open_model_store
@@ -386,7 +485,10 @@ def _publish(
         input_contract=contract,
         output=built.output,
         gradcam_layer=built.gradcam_layer,
-        metrics=[MetricRecord(dataset=dataset_label, n=metrics["n"], values=manifest_values(metrics))],
+        metrics=[
+            MetricRecord(dataset=label, n=values["n"], values=manifest_values(values))
+            for label, values, _ in evaluations
+        ],
         training_data_fingerprint=fingerprint,
         parent_version=parent,
         library_versions=library_versions(),

@@ -44,6 +44,11 @@ def _classes(value: str) -> tuple[str, ...]:
     return classes
 
 
+def _sources(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    """Comma-separated source names → a tuple (checked against the data once it is listed)."""
+    return tuple(s.strip().lower() for s in (value or "").split(",") if s.strip())
+
+
 def _headline(metrics: dict) -> dict:
     keys = ("accuracy", "macro_f1", "macro_auc", "covid_sensitivity", "covid_specificity", "covid_auc", "ece")
     return {k: metrics[k] for k in keys if k in metrics}
@@ -115,6 +120,14 @@ def _readable(metrics: dict) -> str:
 @contrast_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "--holdout-sources",
+    callback=_sources,
+    default=None,
+    help="Leave-source-out: comma-separated sources (a source/site column, else the prefix of "
+    "source-prefixed patient ids, e.g. actualmed,figure1) whose films never enter train or "
+    "validation and are evaluated on their own, the stand-in for a hospital never seen.",
+)
+@click.option(
     "--flip/--no-flip",
     default=False,
     show_default=True,
@@ -144,6 +157,7 @@ def train(
     label_smoothing: float,
     contrast: str,
     seed: int,
+    holdout_sources: tuple[str, ...],
     flip: bool,
     deterministic: bool,
     limit: int | None,
@@ -155,6 +169,7 @@ def train(
 
     Research use only. Not for clinical decisions.
     """
+    from training_jobs.by_source import source_lines
     from training_jobs.pipeline import Augmentation
     from training_jobs.train import TrainConfig
     from training_jobs.train import train as run_training
@@ -179,6 +194,7 @@ def train(
         label_smoothing=label_smoothing,
         contrast=contrast,
         seed=seed,
+        holdout_sources=holdout_sources,
         augmentation=Augmentation(horizontal_flip=flip),
         deterministic=deterministic,
         publish=publish,
@@ -197,13 +213,31 @@ def train(
         "train_minutes": round(result.train_seconds / 60, 2),
         "metrics": _headline(result.metrics),
         "ci95": result.metrics["ci95"],
+        "per_source": result.metrics["per_source"],
     }
+    held = result.holdout_metrics
+    if held is not None:
+        summary["leave_source_out"] = {
+            "sources": list(holdout_sources),
+            "report": result.holdout_report_uri,
+            "n": held["n"],
+            "metrics": _headline(held),
+            "macro_f1_classes": held["macro_f1_classes"],
+            "ci95": held["ci95"],
+            "per_source": held["per_source"],
+        }
     if as_json:
         emit_json(summary)
         return
     click.echo(
         f"training run {result.run_id}, test split (n={result.metrics['n']}): {_readable(result.metrics)}"
     )
+    for line in source_lines(result.metrics["per_source"]):
+        click.echo(f"  test split, source {line}")
+    if held is not None:
+        click.echo(f"leave-source-out {', '.join(holdout_sources)} (n={held['n']}): {_readable(held)}")
+        for line in source_lines(held["per_source"]):
+            click.echo(f"  held out, source {line}")
     click.echo(f"report    {result.report_uri}")
     click.echo(f"published {result.model_ref}" if result.model_ref else "not published (use --publish)")
 

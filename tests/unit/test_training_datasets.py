@@ -110,7 +110,7 @@ def test_balanced_class_weights():
 def test_describe_counts_images_per_class_and_source(tmp_path, local_settings):
     manifest = tmp_path / "m.csv"
     write_manifest_dataset(tmp_path, [("covid", "p1"), ("normal", "p2")], size=40)
-    text = (tmp_path / "manifest.csv").read_text().replace("view", "source_repo").replace(",PA", ",nih")
+    text = (tmp_path / "manifest.csv").read_text().replace("view", "source").replace(",PA", ",nih")
     manifest.write_text(text)
     data = load_dataset(str(manifest), ["covid", "normal"], CONTRACT, local_settings)
     assert describe(data)["per_class_and_source"] == {"covid / nih": 1, "normal / nih": 1}
