@@ -44,11 +44,14 @@ def assess(
     n_resamples: int = 1000,
     batch_size: int = 32,
     extra_files: Mapping[str, bytes] | None = None,
+    present_only: bool = False,
 ) -> Assessment:
     """Score ``images`` (a dataset's cached gray inputs, see ``preprocess_gray``) through the
     model runtime, exactly as a worker would, then compute the figures and write the report."""
     probs = runtime.predict_gray(images, batch_size)
-    metrics = evaluate_predictions(labels, probs, runtime.classes, n_resamples=n_resamples, seed=seed)
+    metrics = evaluate_predictions(
+        labels, probs, runtime.classes, n_resamples=n_resamples, seed=seed, present_only=present_only
+    )
     log.info(
         "%s: accuracy %.3f, macro-F1 %s, macro AUC %s (n=%d)",
         title,

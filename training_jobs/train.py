@@ -36,13 +36,12 @@ from modelstore.manifest import validate_alias, validate_name
 from modelstore.runtime import ModelRuntime
 from training_jobs import records
 from training_jobs.architectures import BuiltModel, build_model, freeze_base, unfreeze_top
-from training_jobs.assess import assess, manifest_values, predict_probabilities
+from training_jobs.assess import assess, manifest_values
 from training_jobs.by_source import per_source_metrics
 from training_jobs.datasets import LoadedDataset, describe, load_dataset
-from training_jobs.evaluation import evaluate_predictions
 from training_jobs.linear_probe import fit_linear_heads
 from training_jobs.pipeline import Augmentation, class_weights, make_dataset
-from training_jobs.report import penalty_path_png, training_curves_png, write_report
+from training_jobs.report import penalty_path_png, training_curves_png
 from training_jobs.splits import DEFAULT_FRACTIONS, Split, split_holding_out_sources
 
 log = logging.getLogger(__name__)
@@ -332,7 +331,7 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
     evaluations = [(dataset_label, metrics, result.report_uri)]
     holdout = None
     if split.holdout_sources:
-        holdout = _assess_holdout(built, data, split, config, contract, classes, context, prefix, settings)
+        holdout = _assess_holdout(scorer, data, split, config, context, prefix, settings)
         evaluations.append(holdout)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -400,32 +399,38 @@ def holdout_label(data: str, sources: tuple[str, ...]) -> str:
 
 
 def _assess_holdout(
-    built: BuiltModel,
+    scorer: ModelRuntime,
     data: LoadedDataset,
     split: Split,
     config: TrainConfig,
-    contract: InputContract,
-    classes: list[str],
     context: dict[str, Any],
     prefix: str,
     settings: Settings,
 ) -> tuple[str, dict[str, Any], str]:
-    """(dataset label, figures, report URI) on the held-out sources' films.
-
-    Macro F1 runs over the classes present there (a held-out hospital may lack a class), and the
-    figures are broken down by held-out source as well. Uses the same prediction, metrics and
-    report code as the test split; ``assess`` itself has no ``present_only`` option.
-    """
+    """(dataset label, figures, report URI) on the held-out sources' films, scored like the test
+    split. Macro F1 runs over the classes present there (a held-out hospital may lack a class),
+    and the figures are broken down by held-out source as well."""
     index = split.holdout
-    images, labels = data.images[index], data.labels[index]
-    probs = predict_probabilities(built.model, images, contract, built.output, config.batch_size)
-    metrics = evaluate_predictions(
-        labels, probs, classes, n_resamples=config.bootstrap_resamples, seed=config.seed, present_only=True
+    labels = data.labels[index]
+    held_out = ", ".join(split.holdout_sources)
+    result = assess(
+        scorer,
+        data.images[index],
+        labels,
+        settings=settings,
+        report_prefix=f"{prefix}/leave-source-out",
+        title=f"{config.name}: {config.arch} on held-out sources {held_out}",
+        context=context | {"evaluated on": f"leave-source-out: {held_out}"},
+        seed=config.seed,
+        n_resamples=config.bootstrap_resamples,
+        batch_size=config.batch_size,
+        present_only=True,
     )
+    metrics = result.metrics
     metrics["per_source"] = per_source_metrics(
         labels,
-        probs,
-        classes,
+        result.probs,
+        scorer.classes,
         [data.sources[i] for i in index],
         n_resamples=config.bootstrap_resamples,
         seed=config.seed,
@@ -439,16 +444,7 @@ def _assess_holdout(
         ",".join(metrics["macro_f1_classes"]),
         metrics["n"],
     )
-    uri = write_report(
-        open_store(settings=settings),
-        f"{prefix}/leave-source-out",
-        title=f"{config.name}: {config.arch} on held-out sources {', '.join(split.holdout_sources)}",
-        metrics=metrics,
-        y_true=labels,
-        probs=probs,
-        context=context | {"evaluated on": f"leave-source-out: {', '.join(split.holdout_sources)}"},
-    )
-    return label, metrics, uri
+    return label, metrics, result.report_uri
 
 
 def _training_plots(history: dict[str, list[float]], probes: dict[str, Any]) -> dict[str, bytes]:
