@@ -59,3 +59,16 @@ def last_conv_layer(model: Any) -> str | None:
         if shape is not None and len(shape) == 4 and layer.name != model.layers[0].name:
             return str(layer.name)
     return None
+
+
+def pooled_feature_layers(model: Any) -> list[str]:
+    """The layers that pool a 4-D feature map into one vector per image (global pooling,
+    flatten): the features a head reads. An ensemble has one per member, in model order."""
+    names = []
+    for layer in model.layers:
+        inputs, outputs = getattr(layer, "input", None), getattr(layer, "output", None)
+        if isinstance(inputs, list | tuple) or inputs is None or outputs is None:
+            continue
+        if len(inputs.shape) == 4 and len(outputs.shape) == 2:
+            names.append(str(layer.name))
+    return names

@@ -52,6 +52,46 @@ class MetricRecord(BaseModel):
     measured_at: dt.datetime = Field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
 
+class ShiftSpec(BaseModel):
+    """The training-distribution reference shipped beside the model file (``modelstore.shift``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: str = Field(default="shift_reference.npz", pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}\.npz$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size_bytes: int = Field(ge=0)
+    method: Literal["mahalanobis", "knn"]
+    feature_layers: list[str] = Field(
+        min_length=1, description="Layers whose (pooled, 2-D) outputs, concatenated, are the features."
+    )
+    validation_scores: list[float] = Field(
+        min_length=1, description="The validation split's raw scores: a raw score's percentile among them."
+    )
+    threshold_percentile: float = Field(
+        default=99.0, gt=0, le=100, description="Images beyond it are flagged out of distribution."
+    )
+    n_train: int = Field(ge=0)
+
+    @property
+    def expected_flag_rate(self) -> float:
+        """The share of films like the validation split that a threshold flags: at least one
+        validation film's worth, since a percentile over n films moves in steps of 1/n."""
+        return max(1.0 - self.threshold_percentile / 100.0, 1.0 / (len(self.validation_scores) + 1))
+
+
+class OperatingPoint(BaseModel):
+    """A class's decision threshold, chosen on the validation split for a target sensitivity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(ge=0, le=1)
+    target_sensitivity: float = Field(gt=0, le=1)
+    validation_sensitivity: float | None = None
+    validation_specificity: float | None = None
+    n_positive: int = Field(ge=0)
+    n_negative: int = Field(ge=0)
+
+
 class Manifest(BaseModel):
     """Everything needed to check, feed and understand one model version."""
 
@@ -76,6 +116,12 @@ class Manifest(BaseModel):
     file: str = "model.keras"
     sha256: str
     size_bytes: int = Field(ge=0)
+    shift: ShiftSpec | None = Field(
+        default=None, description="Training-distribution reference for the per-image shift score."
+    )
+    operating_points: dict[str, OperatingPoint] = Field(
+        default_factory=dict, description="Class name → threshold for a target sensitivity."
+    )
     intended_use: str = INTENDED_USE
     description: str = ""
 
@@ -105,6 +151,13 @@ class Manifest(BaseModel):
         if len(set(value)) != len(value):
             raise ValueError(f"class names must be unique, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _operating_points_name_classes(self) -> Manifest:
+        unknown = sorted(set(self.operating_points) - set(self.classes))
+        if unknown:
+            raise ValueError(f"operating points for unknown classes {unknown}")
+        return self
 
     @model_validator(mode="after")
     def _output_matches_classes(self) -> Manifest:

@@ -14,15 +14,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr.core.errors import ManifestError
 from cxr.core.imaging import InputContract, preprocess
 from cxr.core.imaging.preprocess import finish
-from modelstore.manifest import Manifest
+from modelstore.manifest import Manifest, OperatingPoint, ShiftSpec
 from modelstore.outputs import OutputKind, check_output_shape, class_probabilities, label_indices
+from modelstore.shift import ShiftReference, percentiles
 from modelstore.store import ModelStore, PulledModel, ResolvedModel
 
 if TYPE_CHECKING:
@@ -34,6 +37,19 @@ Forward = Callable[[np.ndarray], np.ndarray]
 
 #: Images per forward pass when a caller hands over a whole dataset.
 DEFAULT_BATCH_SIZE = 32
+
+
+def compile_outputs(model: Any, input_shape: tuple[int, ...]) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """Like ``compile_forward`` for a model with several outputs: a list of arrays."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        signature = [tf.TensorSpec(shape=(None, *input_shape), dtype=tf.float32)]
+        graph = tf.function(lambda x: model(x, training=False), input_signature=signature)
+        return lambda batch: [np.asarray(part) for part in graph(batch)]
+    return lambda batch: [np.asarray(keras.ops.convert_to_numpy(p)) for p in model(batch, training=False)]
 
 
 def compile_forward(model: Any, input_shape: tuple[int, ...]) -> Forward:
@@ -52,6 +68,17 @@ def compile_forward(model: Any, input_shape: tuple[int, ...]) -> Forward:
         graph = tf.function(lambda x: model(x, training=False), input_signature=signature)
         return lambda batch: np.asarray(graph(batch))
     return lambda batch: np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One batch through the model: class probabilities and, when the model ships a shift
+    reference, how unlike the training data each image is."""
+
+    probabilities: np.ndarray  # (N, classes), manifest order
+    shift_scores: np.ndarray | None = None  # (N,) raw distances
+    shift_percentiles: np.ndarray | None = None  # (N,) among the validation split's, 0-100
+    out_of_distribution: np.ndarray | None = None  # (N,) bool: beyond the threshold percentile
 
 
 class ModelRuntime:
@@ -73,6 +100,9 @@ class ModelRuntime:
         manifest: Manifest | None = None,
         identity: ResolvedModel | None = None,
         load_seconds: float = 0.0,
+        feature_layers: Sequence[str] = (),
+        shift: tuple[ShiftSpec, ShiftReference] | None = None,
+        operating_points: Mapping[str, OperatingPoint] | None = None,
     ) -> None:
         self.model = model
         self.classes = list(classes)
@@ -84,6 +114,10 @@ class ModelRuntime:
         self.identity = identity
         self.load_seconds = load_seconds
         self.forward = compile_forward(model, contract.shape)
+        self.feature_layers = list(shift[0].feature_layers if shift else feature_layers)
+        self.shift = shift
+        self.operating_points = dict(operating_points or {})
+        self._with_features: Callable[[np.ndarray], list[np.ndarray]] | None = None
         self._explainers: dict[str, Explainer] = {}
         self._lock = threading.Lock()
 
@@ -95,8 +129,16 @@ class ModelRuntime:
 
         started = time.perf_counter()
         manifest = pulled.manifest
+        shift = None
+        if manifest.shift is not None and pulled.shift_path is not None:
+            reference = ShiftReference.from_bytes(
+                pulled.shift_path.read_bytes(), f"{manifest.ref}'s reference"
+            )
+            shift = (manifest.shift, reference)
         runtime = cls(
             load_keras_model(pulled.path),
+            shift=shift,
+            operating_points=manifest.operating_points,
             classes=manifest.classes,
             contract=manifest.input,
             output=manifest.output,
@@ -158,6 +200,70 @@ class ModelRuntime:
             for i in range(0, len(images), batch_size)
         ]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)))
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """(N, D) pooled features of ``feature_layers``, concatenated (an ensemble's members side
+        by side), from preprocessed inputs."""
+        return self._outputs(batch)[1]
+
+    def features_gray(self, gray: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+        """``features`` for cached gray inputs (see ``predict_gray``)."""
+        parts = [
+            self.features(finish(gray[i : i + batch_size], self.contract))
+            for i in range(0, len(gray), batch_size)
+        ]
+        return np.concatenate(parts)
+
+    def score(self, batch: np.ndarray) -> Scores:
+        """Probabilities and, with a shift reference, the shift score of each image, in one
+        forward pass (the pooled features are on the way to the head anyway)."""
+        if self.shift is None:
+            return Scores(self.predict_proba(batch))
+        spec, reference = self.shift
+        probabilities, features = self._outputs(batch)
+        raw = reference.score(features)
+        ranks = percentiles(raw, np.asarray(spec.validation_scores))
+        return Scores(probabilities, raw, ranks, ranks > spec.threshold_percentile)
+
+    def score_gray(self, gray: np.ndarray, batch_size: int = DEFAULT_BATCH_SIZE) -> Scores:
+        """``score`` for cached gray inputs (see ``predict_gray``), over any number of them."""
+        parts = [
+            self.score(finish(gray[i : i + batch_size], self.contract))
+            for i in range(0, len(gray), batch_size)
+        ]
+        if not parts:
+            return Scores(np.zeros((0, len(self.classes))))
+
+        def joined(name: str) -> np.ndarray | None:
+            values = [getattr(part, name) for part in parts]
+            return None if values[0] is None else np.concatenate(values)
+
+        return Scores(
+            joined("probabilities"), joined("shift_scores"), joined("shift_percentiles"),
+            joined("out_of_distribution"),
+        )  # fmt: skip
+
+    def _outputs(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.feature_layers:
+            raise ManifestError(f"{self.ref} names no feature layers: it has no pooled features to read")
+        if self._with_features is None:
+            import keras
+
+            layers = [self.model.get_layer(name).output for name in self.feature_layers]
+            probe = keras.Model(self.model.inputs, [self.model.outputs[0], *layers])
+            self._with_features = compile_outputs(probe, self.contract.shape)
+        raw, *parts = self._with_features(np.asarray(batch, dtype=np.float32))
+        raw = np.asarray(raw, dtype=np.float64)
+        check_output_shape(raw, self.output, len(self.classes), self.ref)
+        features = np.concatenate([np.reshape(p, (len(p), -1)) for p in parts], axis=1)
+        return class_probabilities(raw, self.output), features.astype(np.float64)
+
+    def positive_at_operating_points(self, probabilities: np.ndarray) -> dict[str, np.ndarray]:
+        """Class → (N,) bool: the class's probability reaches its stored threshold."""
+        return {
+            name: np.asarray(probabilities)[:, self.classes.index(name)] >= point.threshold
+            for name, point in self.operating_points.items()
+        }
 
     def label_indices(self, probabilities: np.ndarray) -> np.ndarray:
         """Each row's class index (ties: the class listed first)."""

@@ -29,7 +29,14 @@ from typing import Any
 from cxr.core.errors import ManifestError, ModelIntegrityError, ModelNotFound, ObjectNotFound
 from cxr.core.imaging.contract import InputContract
 from cxr.core.storage import ObjectStore
-from modelstore.manifest import Manifest, MetricRecord, validate_alias, validate_name
+from modelstore.manifest import (
+    Manifest,
+    MetricRecord,
+    OperatingPoint,
+    ShiftSpec,
+    validate_alias,
+    validate_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +75,12 @@ class ResolvedModel:
 
 @dataclass(frozen=True)
 class PulledModel:
-    """A verified local copy of a model file and its manifest."""
+    """A verified local copy of a model file and its manifest (and of its shift reference,
+    when the version ships one)."""
 
     path: Path
     manifest: Manifest
+    shift_path: Path | None = None
 
 
 def parse_ref(ref: str) -> tuple[str, str]:
@@ -194,8 +203,11 @@ class ModelStore:
         library_versions: dict[str, str] | None = None,
         description: str = "",
         aliases: Iterable[str] = (),
+        shift: tuple[ShiftSpec, bytes] | None = None,
+        operating_points: Mapping[str, OperatingPoint] | None = None,
     ) -> Manifest:
-        """Upload a model file and its manifest as the next version of ``name``."""
+        """Upload a model file and its manifest as the next version of ``name``; ``shift`` is the
+        reference's spec and its ``.npz`` bytes (``modelstore.shift``), stored beside the model."""
         validate_name(name)
         for alias in aliases:
             validate_alias(alias)
@@ -219,9 +231,13 @@ class ModelStore:
             sha256=sha256,
             size_bytes=size,
             description=description,
+            shift=_checked_shift(shift),
+            operating_points=dict(operating_points or {}),
         )
         with model_file.open("rb") as stream:
             self.storage.put(self._version_key(name, version, manifest.file), stream)
+        if shift is not None:
+            self.storage.put(self._version_key(name, version, shift[0].file), shift[1])
         self._write_manifest(manifest)
         log.info("published %s (sha256 %s, %d bytes)", manifest.ref, sha256[:12], size)
         for alias in aliases:
@@ -270,15 +286,29 @@ class ModelStore:
                 f"{resolved.sha256[:12]}…; the version was rewritten after it was resolved"
             )
         target = self.cache_dir / manifest.sha256 / manifest.file
-        if target.exists():
-            if sha256_file(target) == manifest.sha256:
-                return PulledModel(target, manifest)
-            log.warning("cached copy of %s is corrupt; downloading again", resolved.ref)
-            target.unlink()
-        self._download_verified(resolved, manifest, target)
-        return PulledModel(target, manifest)
+        self._fetch_verified(resolved, manifest.file, manifest.sha256, target, "model file")
+        shift_path = None
+        if manifest.shift is not None:
+            shift_path = target.parent / f"{manifest.shift.sha256[:16]}-{manifest.shift.file}"
+            self._fetch_verified(
+                resolved, manifest.shift.file, manifest.shift.sha256, shift_path, "shift reference"
+            )
+        return PulledModel(target, manifest, shift_path)
 
-    def _download_verified(self, resolved: ResolvedModel, manifest: Manifest, target: Path) -> None:
+    def _fetch_verified(
+        self, resolved: ResolvedModel, file: str, sha256: str, target: Path, what: str
+    ) -> None:
+        """A cached copy whose hash is right, else a fresh download that must match ``sha256``."""
+        if target.exists():
+            if sha256_file(target) == sha256:
+                return
+            log.warning("cached %s of %s is corrupt; downloading again", what, resolved.ref)
+            target.unlink()
+        self._download_verified(resolved, file, sha256, target, what)
+
+    def _download_verified(
+        self, resolved: ResolvedModel, file: str, sha256: str, target: Path, what: str
+    ) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
         fd, tmp_name = tempfile.mkstemp(prefix=".download-", dir=target.parent)
@@ -286,18 +316,24 @@ class ModelStore:
         try:
             with (
                 os.fdopen(fd, "wb") as out,
-                self.storage.open(
-                    self._version_key(resolved.name, resolved.version, manifest.file)
-                ) as source,
+                self.storage.open(self._version_key(resolved.name, resolved.version, file)) as source,
             ):
                 while block := source.read(_BLOCK):
                     digest.update(block)
                     out.write(block)
-            if digest.hexdigest() != manifest.sha256:
+            if digest.hexdigest() != sha256:
                 raise ModelIntegrityError(
-                    f"model file of {resolved.ref} has sha256 {digest.hexdigest()}, but its "
-                    f"manifest says {manifest.sha256}: refused (tampered or corrupt)"
+                    f"{what} of {resolved.ref} has sha256 {digest.hexdigest()}, but its "
+                    f"manifest says {sha256}: refused (tampered or corrupt)"
                 )
             os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def _checked_shift(shift: tuple[ShiftSpec, bytes] | None) -> ShiftSpec | None:
+    """The reference's spec with the sha256 and size of the bytes actually published."""
+    if shift is None:
+        return None
+    spec, data = shift
+    return spec.model_copy(update={"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data)})

@@ -23,7 +23,7 @@ from cxr.core.imaging import decode_image
 from cxr.core.labels import is_positive
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store, read_uri
-from modelstore import open_model_store
+from modelstore import Manifest, open_model_store
 from scheduler.summary import ImageRow, get_job, image_rows, job_summary
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,11 @@ GALLERY_SIZE = 12
 THUMBNAIL_PX = 192
 
 
-def write_csv(settings: Settings, job_id: str, classes: list[str]) -> bytes:
+def write_csv(settings: Settings, job_id: str, manifest: Manifest) -> bytes:
+    """One row per image of the job: outcome, label and probabilities, the shift percentile and
+    flag, "positive at the operating point" per class that has one, and why it failed or was
+    skipped."""
+    classes, points = manifest.classes, manifest.operating_points
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
@@ -43,6 +47,9 @@ def write_csv(settings: Settings, job_id: str, classes: list[str]) -> bytes:
             "label",
             "confidence",
             *(f"p_{c}" for c in classes),
+            *(f"{c}_at_operating_point" for c in points),
+            "shift_percentile",
+            "out_of_distribution",
             "failure_stage",
             "failure_reason",
             "skip_reason",
@@ -55,10 +62,17 @@ def write_csv(settings: Settings, job_id: str, classes: list[str]) -> bytes:
                 row.uri, row.sha256 or "", row.outcome, row.label or "",
                 f"{row.confidence:.6f}" if row.confidence is not None else "",
                 *(f"{probs[c]:.6f}" if c in probs else "" for c in classes),
+                *(_yes_no(probs[c] >= p.threshold) if c in probs else "" for c, p in points.items()),
+                f"{row.shift_percentile:.2f}" if row.shift_percentile is not None else "",
+                "" if row.out_of_distribution is None else _yes_no(row.out_of_distribution),
                 row.failure_stage or "", row.failure_reason or "", row.skip_reason or "",
             ]
         )  # fmt: skip
     return buffer.getvalue().encode("utf-8")
+
+
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
 
 
 def _png_data_uri(data: bytes, mime: str = "image/png") -> str:
@@ -189,6 +203,7 @@ def _gallery(settings: Settings, job: Job, rows: list[ImageRow]) -> str:
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:72em;color:#222}
 .warn{background:#fdecea;border:1px solid #c0392b;padding:.6em 1em;border-radius:4px}
+.shift{background:#fff4e5;border:2px solid #e67e22;padding:.8em 1em;border-radius:4px;font-size:1.1em}
 table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 .gallery{display:flex;flex-wrap:wrap;gap:1em}.gallery figure{margin:0;border:1px solid #ddd;padding:.4em}
 .gallery img{height:192px;margin-right:.2em}
@@ -242,6 +257,7 @@ def render_html(settings: Settings, job_id: str) -> str:
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>cxr job {html.escape(job_id)}</title><style>{_STYLE}</style></head><body>
 <h1>Scoring job {html.escape(job_id)}</h1>
+{_shift_banner(summary)}
 <p class="warn"><b>{html.escape(INTENDED_USE)}</b> These outputs are research results from a model
 trained on small public datasets; they are not diagnoses.</p>
 <p>Source <code>{html.escape(summary["source"])}</code> · model <code>{html.escape(summary["model"])}</code>
@@ -249,19 +265,43 @@ trained on small public datasets; they are not diagnoses.</p>
 <h2>Counts</h2><table>{counts}</table>
 <h2>Label distribution</h2>{chart}<table>{label_table}</table>
 <h2>Most confident positives</h2>{_gallery(settings, job_row, rows)}
+<h2>Like the training data?</h2>{_shift_section(summary)}
 <h2>Shortcut score</h2>{_shortcut_section(settings, job_row, summary)}
 <h2>Failures by reason</h2>{failure_table}
 <h2>Model card</h2><ul>{card}</ul>
 </body></html>"""
 
 
+def _shift_banner(summary: dict[str, Any]) -> str:
+    """The report opens with this when the archive does not look like the training data."""
+    shift = summary.get("shift")
+    if not shift or not shift["shifted"]:
+        return ""
+    message = html.escape(shift["message"])
+    return f'<p class="shift" id="shift-banner"><b>Out of the model\'s depth.</b> {message}</p>'
+
+
+def _shift_section(summary: dict[str, Any]) -> str:
+    shift = summary.get("shift")
+    if not shift:
+        return "<p>This model ships no reference of its training data: shift cannot be measured.</p>"
+    share = "n/a" if shift["share"] is None else f"{shift['share']:.1%}"
+    verdict = "does <b>not</b> look like" if shift["shifted"] else "looks like"
+    return (
+        f"<p>{shift['flagged']} of {shift['scored']} scored films ({share}) lie beyond the "
+        f"{shift['threshold_percentile']:g}th percentile of the validation split's shift scores; films like "
+        f"the validation split would be flagged at {shift['expected_share']:.1%}. The archive {verdict} "
+        "the training data (one-sided binomial test, α = 0.001).</p>"
+    )
+
+
 def write_report(settings: Settings, job_id: str, local_path: Path | None = None) -> dict[str, Any]:
     """Write the CSV and HTML to object storage (and the HTML to ``local_path``); record the URI."""
     job = get_job(settings, job_id)
-    classes = open_model_store(settings).manifest(job.model_name, job.model_version).classes
+    manifest = open_model_store(settings).manifest(job.model_name, job.model_version)
     store = open_store(settings=settings)
     csv_uri = store.put(
-        f"reports/jobs/{job_id}/results.csv", write_csv(settings, job_id, classes), "text/csv"
+        f"reports/jobs/{job_id}/results.csv", write_csv(settings, job_id, manifest), "text/csv"
     )
     page = render_html(settings, job_id).encode("utf-8")
     html_uri = store.put(f"reports/jobs/{job_id}/report.html", page, "text/html")

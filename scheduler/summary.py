@@ -16,6 +16,7 @@ from cxr.core.errors import PermanentError
 from cxr.core.outcomes import Outcome
 from cxr.core.settings import Settings
 from cxr.explain.shortcut import summarize_shortcut_scores
+from scheduler.shift_verdict import shift_verdict
 
 PREDICTION_KIND = CLASSIFICATION
 
@@ -33,6 +34,8 @@ class ImageRow:
     failure_stage: str | None
     failure_reason: str | None
     skip_reason: str | None
+    shift_percentile: float | None
+    out_of_distribution: bool | None
 
 
 def _prediction_join(job: Job) -> Any:
@@ -90,6 +93,15 @@ def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> d
             .where(Failure.job_id == job_id)
             .order_by(Failure.id)
         ).all()
+        shift_counts = session.execute(
+            select(
+                func.count(Prediction.out_of_distribution),
+                func.count().filter(Prediction.out_of_distribution),
+            )
+            .select_from(JobImage)
+            .join(Prediction, _prediction_join(job))
+            .where(JobImage.job_id == job_id, JobImage.outcome.in_([Outcome.SCORED, Outcome.SKIPPED]))
+        ).one()
         skips = dict(
             session.execute(
                 select(JobImage.reason, func.count())
@@ -124,10 +136,22 @@ def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> d
         "seconds": round(seconds, 3),
         "images_per_second": round(handled / seconds, 3),
         "shortcut": summarize_shortcut_scores(shortcut_scores(settings, job)).to_dict(),
+        "shift": _shift(settings, job, *shift_counts),
         "report": job.report_uri,
         "created_at": start.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
+
+
+def _shift(settings: Settings, job: Job, scored: int, flagged: int) -> dict[str, Any] | None:
+    """The per-job shift verdict; None for a model without a shift reference."""
+    from modelstore import open_model_store
+
+    spec = open_model_store(settings, catalogue=False).manifest(job.model_name, job.model_version).shift
+    if spec is None:
+        return None
+    verdict = shift_verdict(flagged, scored, spec.expected_flag_rate)
+    return verdict.to_dict() | {"message": verdict.message, "threshold_percentile": spec.threshold_percentile}
 
 
 def image_rows(settings: Settings, job_id: str, batch: int = 1000) -> Iterator[ImageRow]:
@@ -144,6 +168,8 @@ def image_rows(settings: Settings, job_id: str, batch: int = 1000) -> Iterator[I
             Failure.stage,
             Failure.reason,
             JobImage.reason,
+            Prediction.shift_percentile,
+            Prediction.out_of_distribution,
         )
         .select_from(JobImage)
         .outerjoin(Prediction, _prediction_join(job))

@@ -14,6 +14,7 @@ from cxr.core.settings import Settings
 from cxr.core.storage import open_store
 from modelstore.runtime import ModelRuntime
 from training_jobs.evaluation import evaluate_predictions
+from training_jobs.operating_points import operating_point_figures
 from training_jobs.report import write_report
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ class Assessment:
     metrics: dict[str, Any]
     report_uri: str
     probs: np.ndarray
+    shift_percentiles: np.ndarray | None = None  # per image, when the model has a reference
 
 
 def manifest_values(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -48,10 +50,21 @@ def assess(
 ) -> Assessment:
     """Score ``images`` (a dataset's cached gray inputs, see ``preprocess_gray``) through the
     model runtime, exactly as a worker would, then compute the figures and write the report."""
-    probs = runtime.predict_gray(images, batch_size)
+    scores = runtime.score_gray(images, batch_size)
+    probs = scores.probabilities
     metrics = evaluate_predictions(
         labels, probs, runtime.classes, n_resamples=n_resamples, seed=seed, present_only=present_only
     )
+    if runtime.operating_points:
+        metrics["operating_points"] = operating_point_figures(
+            labels, probs, runtime.classes, runtime.operating_points, n_resamples=n_resamples, seed=seed
+        )
+    if scores.out_of_distribution is not None:
+        metrics["shift"] = {
+            "flagged": int(scores.out_of_distribution.sum()),
+            "flagged_share": float(scores.out_of_distribution.mean()),
+            "median_percentile": float(np.median(scores.shift_percentiles)),
+        }
     log.info(
         "%s: accuracy %.3f, macro-F1 %s, macro AUC %s (n=%d)",
         title,
@@ -70,4 +83,6 @@ def assess(
         context=context,
         extra_files=extra_files,
     )
-    return Assessment(metrics=metrics, report_uri=uri, probs=probs)
+    return Assessment(
+        metrics=metrics, report_uri=uri, probs=probs, shift_percentiles=scores.shift_percentiles
+    )

@@ -40,6 +40,7 @@ from training_jobs.assess import assess, manifest_values
 from training_jobs.by_source import per_source_metrics
 from training_jobs.datasets import LoadedDataset, describe, load_dataset
 from training_jobs.linear_probe import fit_linear_heads
+from training_jobs.operating_points import DEFAULT_TARGETS, choose_operating_points
 from training_jobs.pipeline import Augmentation, class_weights, make_dataset
 from training_jobs.report import penalty_path_png, training_curves_png
 from training_jobs.splits import DEFAULT_FRACTIONS, Split, split_holding_out_sources
@@ -84,6 +85,10 @@ class TrainConfig:
     #: The version this model replaces, recorded as the manifest's parent (the retraining job
     #: passes the alias holder); None: the latest published version of the name, if any.
     parent_version: int | None = None
+    #: Class → target sensitivity of its operating point, chosen on the validation split.
+    operating_targets: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TARGETS))
+    #: The per-image shift score's measure (``modelstore.shift``); "none" ships no reference.
+    shift_method: Literal["mahalanobis", "knn", "none"] = "mahalanobis"
     limit: int | None = None
     bootstrap_resamples: int = 1000
     verbose: int = 2  # Keras fit verbosity: 1 progress bar, 2 one line per epoch
@@ -299,13 +304,14 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         "images per class and source": summary["per_class_and_source"] or "no source column",
     }
     prefix = f"reports/training/{run_id}"
-    scorer = ModelRuntime(
-        built.model,
-        classes=classes,
-        contract=contract,
-        output=built.output,
+    scorer, shift_file = _calibrated_runtime(
+        built,
+        config,
+        classes,
+        contract,
+        (x_train, y_train),
+        (x_val, y_val),
         ref=f"{config.name} (run {run_id})",
-        gradcam_layer=built.gradcam_layer,
     )
     result = assess(
         scorer,
@@ -348,6 +354,8 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
                 evaluations,
                 data.fingerprint,
                 settings,
+                scorer,
+                shift_file,
             )
         else:
             uri = store.put(f"{prefix}/model.keras", model_file.read_bytes())
@@ -457,6 +465,50 @@ def _training_plots(history: dict[str, list[float]], probes: dict[str, Any]) -> 
     return plots
 
 
+def _calibrated_runtime(
+    built: BuiltModel,
+    config: TrainConfig,
+    classes: list[str],
+    contract: InputContract,
+    train: tuple[Any, Any],
+    val: tuple[Any, Any],
+    *,
+    ref: str,
+) -> tuple[ModelRuntime, bytes | None]:
+    """The trained model in a runtime, with what the validation split decides: the operating
+    points, and the shift reference (fitted on the training split's pooled features, its scores
+    on the validation split mapping a raw distance to a percentile). Returns the runtime and the
+    reference file's bytes."""
+    from modelstore.loading import pooled_feature_layers
+    from modelstore.manifest import ShiftSpec
+    from modelstore.shift import fit_reference
+
+    scorer = ModelRuntime(
+        built.model, classes=classes, contract=contract, output=built.output, ref=ref,
+        gradcam_layer=built.gradcam_layer, feature_layers=pooled_feature_layers(built.model),
+    )  # fmt: skip
+    (x_train, _), (x_val, y_val) = train, val
+    scorer.operating_points = choose_operating_points(
+        y_val, scorer.predict_gray(x_val, config.batch_size), classes, config.operating_targets
+    )
+    for name, point in scorer.operating_points.items():
+        log.info("operating point %s >= %.4f: validation sensitivity %.3f (target %.2f), specificity %s",
+                 name, point.threshold, point.validation_sensitivity, point.target_sensitivity,
+                 point.validation_specificity)  # fmt: skip
+    if config.shift_method == "none" or not scorer.feature_layers:
+        if config.shift_method != "none":
+            log.warning("%s has no pooled feature layer: no shift reference", config.arch)
+        return scorer, None
+    reference = fit_reference(scorer.features_gray(x_train, config.batch_size), method=config.shift_method)
+    val_scores = reference.score(scorer.features_gray(x_val, config.batch_size))
+    spec = ShiftSpec(
+        sha256="0" * 64, size_bytes=0, method=config.shift_method, feature_layers=scorer.feature_layers,
+        validation_scores=sorted(float(v) for v in val_scores), n_train=len(x_train),
+    )  # fmt: skip
+    scorer.shift = (spec, reference)
+    return scorer, reference.to_bytes()
+
+
 def _publish(
     config: TrainConfig,
     model_file: Path,
@@ -466,6 +518,8 @@ def _publish(
     evaluations: list[tuple[str, dict[str, Any], str]],
     fingerprint: str,
     settings: Settings,
+    scorer: ModelRuntime,
+    shift_file: bytes | None,
 ) -> Any:
     from modelstore import MetricRecord, open_model_store
     from modelstore.loading import library_versions
@@ -490,6 +544,8 @@ def _publish(
         library_versions=library_versions(),
         description=_description(config),
         aliases=config.aliases,
+        shift=(scorer.shift[0], shift_file) if scorer.shift and shift_file else None,
+        operating_points=scorer.operating_points,
     )
     log.info("published %s", manifest.ref)
     return manifest

@@ -84,6 +84,9 @@ class ScoredImage:
     image: PreparedImage
     probabilities: np.ndarray  # one per class, in manifest order
     label: str  # by the runtime's one rule
+    shift_score: float | None = None  # None: the model ships no shift reference
+    shift_percentile: float | None = None
+    out_of_distribution: bool | None = None
 
 
 @dataclass
@@ -263,7 +266,7 @@ def classify_uris(
         fresh = [image for image in batch if image.sha256 not in known]
         outcome.skipped.extend(i.skipped(SkipReason.ALREADY_SCORED) for i in batch if i.sha256 in known)
         if fresh:
-            _infer(fresh, runtime, outcome)
+            _infer(fresh, runtime, outcome, abstain=settings.shift_policy == "abstain")
         batch.clear()
 
     for item in _prepared_in_order(uris, fetcher, runtime, settings, window=2 * batch_size):
@@ -283,11 +286,12 @@ def classify_uris(
     return outcome
 
 
-def _infer(batch: list[PreparedImage], runtime: ModelRuntime, outcome: ChunkOutcome) -> None:
-    """One forward pass; a batch the model refuses becomes infer-stage failures."""
+def _infer(batch: list[PreparedImage], runtime: ModelRuntime, outcome: ChunkOutcome, abstain: bool) -> None:
+    """One forward pass; a batch the model refuses becomes infer-stage failures. With
+    ``abstain``, an image the shift reference flags gets no label: it is skipped with the reason."""
     started = time.perf_counter()
     try:
-        probabilities = runtime.predict_proba(np.stack([image.tensor for image in batch]))
+        scores = runtime.score(np.stack([image.tensor for image in batch]))
     except Exception as exc:  # any model error is about this batch, not transient
         reason = f"inference failed: {one_line(exc)}"
         log.error("%s on a batch of %d (%s)", reason, len(batch), runtime.ref)
@@ -295,8 +299,21 @@ def _infer(batch: list[PreparedImage], runtime: ModelRuntime, outcome: ChunkOutc
         return
     metrics.STAGE_DURATION.labels(stage="infer").observe(time.perf_counter() - started)
     metrics.BATCH_SIZE.observe(len(batch))
-    labels = runtime.labels(probabilities)
-    outcome.scored.extend(
-        ScoredImage(image, probs, label)
-        for image, probs, label in zip(batch, probabilities, labels, strict=True)
-    )
+    labels = runtime.labels(scores.probabilities)
+    for i, (image, label) in enumerate(zip(batch, labels, strict=True)):
+        if scores.shift_percentiles is None:
+            outcome.scored.append(ScoredImage(image, scores.probabilities[i], label))
+            continue
+        percentile = float(scores.shift_percentiles[i])
+        flagged = bool(scores.out_of_distribution[i])
+        metrics.SHIFT_PERCENTILE.labels(*metrics.model_labels(runtime)).observe(percentile)
+        if flagged and abstain:
+            outcome.skipped.append(
+                image.skipped(f"unlike the training data (shift percentile {percentile:.1f})")
+            )
+            continue
+        outcome.scored.append(
+            ScoredImage(
+                image, scores.probabilities[i], label, float(scores.shift_scores[i]), percentile, flagged
+            )
+        )

@@ -17,6 +17,7 @@ from cxr.core.outcomes import Outcome
 
 if TYPE_CHECKING:
     from modelstore import ResolvedModel
+    from modelstore.runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,17 @@ MODEL_INFO = Gauge(
     ["model", "version", "sha256"],
 )
 
+# Percentiles among the validation split's shift scores: most images of a familiar archive lie
+# below 90; the model's threshold (99 by default) is where an image is flagged, and a mass at
+# 100 means films farther from the training data than any validation film.
+SHIFT_PERCENTILE = Histogram(
+    "cxr_shift_percentile",
+    "Per image scored: the percentile of its shift score among the validation split's (how "
+    "unlike the training data it is), for models that ship a shift reference.",
+    ["model", "version"],
+    buckets=(50, 75, 90, 95, 99, 99.9, 100),
+)
+
 EXPLANATIONS = Counter(
     "cxr_explanations",
     "Images explained by the worker (heatmap, overlay, ROIs written), by method and outcome.",
@@ -95,6 +107,12 @@ def count_images(model: ResolvedModel, outcome: Outcome, label: str, n: int = 1)
     writes is counted here, including a whole chunk given up (``results.give_up_chunk``)."""
     if n:
         IMAGES_SCORED.labels(model.name, str(model.version), str(label), outcome.value).inc(n)
+
+
+def model_labels(runtime: ModelRuntime) -> tuple[str, str]:
+    """(model, version) label values of a runtime loaded from the store."""
+    identity = runtime.identity
+    return (identity.name, str(identity.version)) if identity else (runtime.ref, "")
 
 
 def model_evicted(name: str, version: int, sha256: str) -> None:

@@ -191,6 +191,9 @@ def write_chunk(
                     "label": result.label,
                     "confidence": float(probs[classes.index(result.label)]),
                     "probabilities": {name: float(p) for name, p in zip(classes, probs, strict=True)},
+                    "shift_score": result.shift_score,
+                    "shift_percentile": result.shift_percentile,
+                    "out_of_distribution": result.out_of_distribution,
                     "job_id": job_id,
                 },
             )

@@ -91,6 +91,14 @@ def print_summary(summary: dict) -> None:
         click.echo("failures:")
         for reason, count in summary["failures_by_reason"].items():
             click.echo(f"  {count:>5} × {reason}")
+    shift = summary.get("shift")
+    if shift and shift["shifted"]:
+        click.secho(f"WARNING: {shift['message']}", fg="yellow", err=True)
+    elif shift:
+        click.echo(
+            f"shift: {shift['flagged']} of {shift['scored']} flagged as unlike the training data "
+            f"(expected {shift['expected_share']:.1%}): the archive looks like the training data"
+        )
     files = summary.get("report_files") or {}
     click.echo(f"report: {files.get('local') or files.get('html')}")
     click.echo(f"per-image CSV: {files.get('csv')}")

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     decode_threads: int = Field(
         default=2, ge=1, description="Threads that fetch and decode while the model infers."
     )
+    shift_policy: Literal["flag", "abstain"] = Field(
+        default="flag",
+        description="What happens to an image the model's shift reference flags as unlike its "
+        "training data: flag (it keeps its label and carries the flag everywhere the label goes) "
+        "or abstain (no label: skipped with the reason).",
+    )
     decode_timeout_s: float = Field(
         default=60.0,
         gt=0,

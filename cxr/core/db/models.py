@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
     Float,
@@ -227,6 +228,12 @@ class Prediction(Base):
     label: Mapped[str] = mapped_column(String(64), index=True)
     confidence: Mapped[float] = mapped_column(Float)
     probabilities: Mapped[dict[str, Any]] = mapped_column(JSON)  # class -> probability
+    #: How unlike the training data the image is (``modelstore.shift``): the raw distance, its
+    #: percentile among the validation split's, and whether it lies beyond the model's threshold.
+    #: Null for a model that ships no reference.
+    shift_score: Mapped[float | None] = mapped_column(Float)
+    shift_percentile: Mapped[float | None] = mapped_column(Float)
+    out_of_distribution: Mapped[bool | None] = mapped_column(Boolean)
     job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
