@@ -52,7 +52,8 @@ def campaign(examples: int, seed: int) -> dict[str, Any]:
             or outcome.seconds > TIME_LIMIT_S
             or outcome.peak_bytes > MEMORY_LIMIT_BYTES
         ):
-            key = outcome.crash_site if outcome.kind == "crash" else f"limit: {outcome.reason_prefix}"
+            over = f"limit: {outcome.reason_prefix or outcome.kind}"
+            key = outcome.crash_site if outcome.kind == "crash" else over
             known = crashes.get(key)
             if known is None or len(data) < known["bytes"]:
                 crashes[key] = {
