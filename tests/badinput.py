@@ -160,7 +160,7 @@ FILE_CASES = [
     Case("lateral.dcm", "skipped", "", "not frontal"),  # a policy decision, not a failure
     Case("jpeg-ls.dcm", "failed", "decode", "install the pylibjpeg plugins"),
     Case("bogus-voi.dcm", "scored"),
-    Case("malformed-voi-lut.dcm", "failed", "decode", ""),
+    Case("malformed-voi-lut.dcm", "failed", "decode", "corrupt DICOM VOI LUT"),
     Case("garbage-after-preamble.dcm", "failed", "decode", "DICOM"),
 ]
 GOOD = ["good-1.png", "good-2.png", "good-3.png"]

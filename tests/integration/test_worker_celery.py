@@ -102,6 +102,7 @@ def test_real_worker_scores_a_chunk_from_s3_into_postgres(cluster_settings, cele
         np.testing.assert_allclose([probs[c] for c in support.CLASSES], row, atol=1e-5)
     assert sorted(f.image_uri for f in failures) == sorted(bad_uris)
     assert all(f.stage == "decode" and f.reason for f in failures)
+    assert "corrupt DICOM VOI LUT" in next(f.reason for f in failures if f.image_uri == uris[4])
 
     app.send_task(CLASSIFY_CHUNK, kwargs=kwargs)  # a redelivery of the same chunk
     support.wait_for(

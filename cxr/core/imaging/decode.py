@@ -9,7 +9,9 @@ a decompression bomb, a thumbnail, an animation) is refused *here*, with the rea
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,20 +53,36 @@ def decode_image(
     """Decode PNG/JPEG/TIFF/WebP/BMP (through Pillow) or DICOM (through pydicom).
 
     ``hasher`` turns DICOM identifiers (patient id, UIDs) into salted hashes for the metadata;
-    without one they are dropped.
+    without one they are dropped. Whatever the bytes, the result is valid pixels or an
+    ``ImageError``: each stage turns its decoder's exceptions into a reason that names it, and a
+    last net here catches what a third-party decoder raises that no stage foresaw, so one bad file
+    can never take a worker down with it.
     """
     if len(data) == 0:
         raise ImageError("empty file (0 bytes)")
     if len(data) > max_bytes:
         raise ImageError(f"file is {len(data)} bytes, over the {max_bytes}-byte limit")
-    if is_dicom(data):
-        from cxr.core.imaging.dicom import decode_dicom  # pydicom only when needed
+    try:
+        if is_dicom(data):
+            from cxr.core.imaging.dicom import decode_dicom  # pydicom only when needed
 
-        decoded = decode_dicom(data, max_pixels=max_pixels, hasher=hasher)
-    else:
-        decoded = _decode_with_pillow(data, max_pixels=max_pixels)
+            decoded = decode_dicom(data, max_pixels=max_pixels, hasher=hasher)
+        else:
+            decoded = _decode_with_pillow(data, max_pixels=max_pixels)
+    except ImageError:
+        raise
+    except MemoryError as exc:
+        raise ImageError("image too large to decode in memory") from exc
+    except Exception as exc:  # the safety net: see the docstring
+        raise ImageError(f"decoder error: {describe(exc)}") from exc
     _check_size(decoded.width, decoded.height)
     return decoded
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` on one line and at most 200 characters, for a failure's reason."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def _check_size(width: int, height: int) -> None:
@@ -72,12 +90,48 @@ def _check_size(width: int, height: int) -> None:
         raise ImageError(f"image is {width}×{height} pixels, below the {MIN_SIDE}-pixel minimum")
 
 
-def _check_pixels(width: int, height: int, max_pixels: int) -> None:
-    if width * height > max_pixels:
+#: Above this many pixels, a file must hold at least one byte per ``MAX_PIXELS_PER_BYTE`` pixels.
+BOMB_FLOOR_PIXELS = 4_000_000
+#: Deflate cannot compress better than 1032:1, and a radiograph's noise keeps every codec far
+#: below that; a header claiming more pixels per byte of file describes data the file lacks.
+MAX_PIXELS_PER_BYTE = 1024
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, file_bytes: int | None = None) -> None:
+    """Refuse by header, before anything is allocated: over ``max_pixels``, or (above
+    ``BOMB_FLOOR_PIXELS``) more pixels than the file's size can encode. Without the second check
+    a 1 KB JPEG claiming 7745×7745 (just under the default limit) decodes to 60 million gray
+    pixels in about 2 s and 300 MiB: a decompression bomb under the limit."""
+    pixels = width * height
+    if pixels > max_pixels:
         raise ImageError(
-            f"image header claims {width}×{height} = {width * height} pixels, over the "
+            f"image header claims {width}×{height} = {pixels} pixels, over the "
             f"{max_pixels}-pixel limit (possible decompression bomb)"
         )
+    if file_bytes is not None and pixels > BOMB_FLOOR_PIXELS and pixels > MAX_PIXELS_PER_BYTE * file_bytes:
+        raise ImageError(
+            f"image header claims {width}×{height} = {pixels} pixels from a {file_bytes}-byte file, "
+            f"over {MAX_PIXELS_PER_BYTE} pixels per byte (truncated file or decompression bomb)"
+        )
+
+
+#: What Pillow's format plugins raise on malformed files, besides ``OSError``: header parsers
+#: unpack with ``struct`` and index tag tables; TIFF's frame counting raises ``TypeError``
+#: ("Missing dimensions"), PNG's compressed text and ICC chunks ``zlib.error``; huge header
+#: values overflow C integers (``OverflowError``) or make a ratio divide by zero.
+_PILLOW_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    TypeError,
+    IndexError,
+    KeyError,
+    struct.error,
+    zlib.error,
+    ZeroDivisionError,
+    OverflowError,
+)
 
 
 def _decode_with_pillow(data: bytes, *, max_pixels: int) -> DecodedImage:
@@ -89,21 +143,24 @@ def _decode_with_pillow(data: bytes, *, max_pixels: int) -> DecodedImage:
         raise ImageError("not a recognised image (expected PNG, JPEG, TIFF, WebP, BMP or DICOM)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"refused as a decompression bomb: {exc}") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"truncated or corrupt image header: {exc}") from exc
+    except _PILLOW_ERRORS as exc:
+        raise ImageError(f"truncated or corrupt image header: {describe(exc)}") from exc
 
     fmt = image.format or "unknown"
     width, height = image.size
-    _check_pixels(width, height, max_pixels)
-    frames = getattr(image, "n_frames", 1)
+    _check_pixels(width, height, max_pixels, len(data))
+    try:
+        frames = getattr(image, "n_frames", 1)  # TIFF and GIF parse every frame's header for this
+    except _PILLOW_ERRORS as exc:
+        raise ImageError(f"corrupt {fmt} frame headers: {describe(exc)}") from exc
     if frames > 1:
         raise ImageError(f"{fmt} holds {frames} frames; expected a single radiograph")
     try:
         image.load()
         image = ImageOps.exif_transpose(image) or image
         pixels, bit_depth = _to_gray_unit(image)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"truncated or corrupt {fmt}: {exc}") from exc
+    except _PILLOW_ERRORS as exc:
+        raise ImageError(f"truncated or corrupt {fmt}: {describe(exc)}") from exc
     return DecodedImage(pixels=pixels, format=fmt, bit_depth=bit_depth)
 
 
@@ -131,8 +188,19 @@ def _to_gray_unit(image: Image.Image) -> tuple[np.ndarray, int]:
 
 
 def _min_max(array: np.ndarray) -> np.ndarray:
-    array = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    low, high = float(array.min()), float(array.max())
+    """Stretch ``array`` onto [0, 1] (a flat image becomes black).
+
+    NaN or infinity in a radiograph's values (a float TIFF, a DICOM rescaled past float range)
+    means a corrupt file, not a dark pixel: refused rather than silently replaced. Values near
+    float32's limits, or a range too narrow for float32 to divide by, are stretched in float64.
+    """
+    low, high = float(array.min()), float(array.max())  # NaN anywhere makes both NaN
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ImageError("image holds non-finite pixel values (NaN or infinity)")
     if high <= low:
-        return np.zeros_like(array, dtype=np.float32)
-    return ((array - low) / (high - low)).astype(np.float32)
+        return np.zeros(array.shape, dtype=np.float32)
+    extreme = max(-low, high) > 1e30 or high - low < 1e-30
+    work = np.float64 if array.dtype.itemsize > 4 or extreme else np.float32
+    stretched = np.subtract(array, low, dtype=work)
+    np.divide(stretched, high - low, out=stretched)
+    return np.clip(stretched, 0.0, 1.0, out=stretched).astype(np.float32, copy=False)

@@ -4,24 +4,80 @@ Order matters and follows the standard: stored values → modality LUT (rescale 
 → VOI LUT or window centre/width → MONOCHROME1 inverted → [0, 1]. Identifying values (patient id,
 study/SOP instance UIDs) leave this module only as salted hashes, through the ``hasher`` the
 caller passes; names, birth dates and every other tag are never read out at all.
+
+A file from an archive can lie anywhere, so every stage turns pydicom's exceptions into an
+``ImageError`` naming the stage (read, header, pixel data, modality LUT, VOI LUT, window), and the
+header is checked against the limit and against the pixel data it describes *before* pydicom
+allocates the pixel array.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import struct
+import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from cxr.core.errors import ImageError
-from cxr.core.imaging.decode import DecodedImage, _check_pixels, _min_max
+from cxr.core.imaging.decode import (
+    BOMB_FLOOR_PIXELS,
+    MAX_PIXELS_PER_BYTE,
+    DecodedImage,
+    _check_size,
+    _min_max,
+    describe,
+)
 
 FRONTAL_VIEWS = frozenset({"PA", "AP"})
+_BITS_ALLOCATED = frozenset({1, 8, 16, 32, 64})
+
+#: What pydicom raises on malformed input: its parsers unpack with ``struct``, inflate deflated
+#: datasets with ``zlib``, convert values lazily (``ValueError``, ``TypeError``,
+#: ``BytesLengthException``) and index LUTs and sequences (``IndexError``, ``KeyError``); it
+#: raises ``NotImplementedError`` for LUT or pixel layouts it does not support.
+_PYDICOM_ERRORS = (
+    InvalidDicomError,
+    BytesLengthException,
+    EOFError,
+    OSError,
+    ValueError,
+    TypeError,
+    IndexError,
+    KeyError,
+    AttributeError,
+    OverflowError,
+    NotImplementedError,
+    struct.error,
+    zlib.error,
+)
 
 
 class ImageSkipped(ImageError):
     """A readable image this system deliberately does not score (e.g. a lateral view)."""
+
+
+@dataclass(frozen=True)
+class _PixelHeader:
+    """The attributes that say how big the pixel array is, read (and refused) before it is."""
+
+    rows: int
+    cols: int
+    frames: int
+    samples: int
+    bits_allocated: int
+    bits_stored: int
+    photometric: str
+    syntax: Any  # pydicom UID
+
+    @property
+    def values(self) -> int:
+        return self.rows * self.cols * self.frames * self.samples
 
 
 def decode_dicom(
@@ -32,34 +88,23 @@ def decode_dicom(
     allowed_views: frozenset[str] | None = FRONTAL_VIEWS,
 ) -> DecodedImage:
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, ValueError, OSError) as exc:
-        raise ImageError(f"unreadable DICOM: {exc}") from exc
-    if "PixelData" not in ds:
+    except _PYDICOM_ERRORS as exc:
+        raise ImageError(f"unreadable DICOM: {describe(exc)}") from exc
+    try:
+        has_pixels = "PixelData" in ds
+        view = str(ds.get("ViewPosition", "") or "").strip().upper()
+    except _PYDICOM_ERRORS as exc:
+        raise ImageError(f"corrupt DICOM header: {describe(exc)}") from exc
+    if not has_pixels:
         raise ImageError("DICOM file has no pixel data")
-    view = str(ds.get("ViewPosition", "") or "").strip().upper()
     if allowed_views is not None and view and view not in allowed_views:
         raise ImageSkipped(f"DICOM view position {view!r} is not frontal ({'/'.join(sorted(allowed_views))})")
-    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-    _check_pixels(cols, rows, max_pixels)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise ImageError(f"DICOM holds {frames} frames; expected a single radiograph")
-
-    try:
-        stored = ds.pixel_array
-    except (NotImplementedError, RuntimeError) as exc:
-        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
-        name = getattr(syntax, "name", str(syntax))
-        raise ImageError(
-            f"cannot decompress DICOM transfer syntax {name}: install the pylibjpeg plugins "
-            "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
-        ) from exc
-    except (ValueError, AttributeError, KeyError) as exc:
-        raise ImageError(f"corrupt DICOM pixel data: {exc}") from exc
+    header = _read_header(ds)
+    _check_header(header, ds, max_pixels)
+    stored = _pixel_array(ds, header)
 
     if stored.ndim == 3 and stored.shape[-1] == 3:  # colour secondary capture: no LUTs apply
         windowed = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
@@ -68,42 +113,180 @@ def decode_dicom(
     else:
         raise ImageError(f"DICOM pixel array has shape {stored.shape}; expected one gray frame")
     pixels = _min_max(windowed)
-    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+    if header.photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)) or 16)
     return DecodedImage(
         pixels=pixels.astype(np.float32),
         format="DICOM",
-        bit_depth=bits,
+        bit_depth=header.bits_stored or header.bits_allocated,
         metadata=_safe_metadata(ds, view, hasher),
     )
 
 
-def _apply_luts(stored: np.ndarray, ds: Any) -> np.ndarray:
-    """Modality LUT (rescale) then VOI LUT or window; a bogus VOI falls back to the full range."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+def _read_header(ds: Any) -> _PixelHeader:
+    from pydicom.uid import UID
 
-    values = np.asarray(apply_modality_lut(stored, ds))
-    if values.dtype.kind == "f" and np.all(np.mod(values, 1) == 0):
-        values = values.astype(np.int64)  # a VOI LUT is indexed by integer values
     try:
-        windowed = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), dtype=np.float64)
-    except (ValueError, IndexError, TypeError, KeyError, AttributeError):
-        return values.astype(np.float64)
-    if not np.isfinite(windowed).all() or windowed.max() <= windowed.min():
+        return _PixelHeader(
+            rows=int(ds.get("Rows", 0) or 0),
+            cols=int(ds.get("Columns", 0) or 0),
+            frames=int(ds.get("NumberOfFrames", 1) or 1),
+            samples=int(ds.get("SamplesPerPixel", 1) or 1),
+            bits_allocated=int(ds.get("BitsAllocated", 16) or 16),
+            bits_stored=int(ds.get("BitsStored", 0) or 0),
+            photometric=str(ds.get("PhotometricInterpretation", "") or "").strip().upper(),
+            syntax=UID(str(ds.file_meta.get("TransferSyntaxUID", "") or "")),
+        )
+    except _PYDICOM_ERRORS as exc:
+        raise ImageError(f"corrupt DICOM header: {describe(exc)}") from exc
+
+
+def _is_compressed(header: _PixelHeader) -> bool:
+    if not str(header.syntax):
+        raise ImageError("DICOM file meta has no transfer syntax UID")
+    try:
+        return bool(header.syntax.is_compressed)
+    except ValueError as exc:  # not a transfer syntax at all
+        raise ImageError(f"DICOM transfer syntax {str(header.syntax)!r} is not a transfer syntax") from exc
+
+
+def _check_header(header: _PixelHeader, ds: Any, max_pixels: int) -> None:
+    """Refuse a header that cannot describe a radiograph, one over the pixel limit, and one that
+    claims more pixel data than the file holds, all before the pixel array is allocated."""
+    _check_size(header.cols, header.rows)
+    if header.frames < 1:
+        raise ImageError(f"corrupt DICOM header: NumberOfFrames is {header.frames}")
+    if header.samples not in (1, 3):
+        raise ImageError(f"DICOM SamplesPerPixel is {header.samples}; expected 1 (gray) or 3 (colour)")
+    if header.bits_allocated not in _BITS_ALLOCATED:
+        raise ImageError(f"DICOM BitsAllocated is {header.bits_allocated}; expected 1, 8, 16, 32 or 64")
+    if header.values > max_pixels:
+        raise ImageError(
+            f"DICOM header claims {header.rows}×{header.cols} pixels × {header.frames} frames × "
+            f"{header.samples} samples = {header.values} values, over the {max_pixels}-pixel limit "
+            "(possible decompression bomb)"
+        )
+    if header.frames > 1:
+        raise ImageError(f"DICOM holds {header.frames} frames; expected a single radiograph")
+    try:
+        held = len(ds.PixelData)
+    except _PYDICOM_ERRORS as exc:
+        raise ImageError(f"corrupt DICOM pixel data element: {describe(exc)}") from exc
+    if _is_compressed(header):
+        if header.values > BOMB_FLOOR_PIXELS and header.values > MAX_PIXELS_PER_BYTE * held:
+            raise ImageError(
+                f"DICOM header claims {header.values} values from {held} bytes of compressed pixel "
+                f"data, over {MAX_PIXELS_PER_BYTE} per byte (truncated file or decompression bomb)"
+            )
+        return
+    needed = math.ceil(header.values * header.bits_allocated / 8)
+    if held < needed:
+        raise ImageError(
+            f"DICOM header claims {header.rows}×{header.cols}×{header.frames}×{header.samples} values "
+            f"at {header.bits_allocated} bits = {needed} bytes of pixel data, but the file holds {held} "
+            "(truncated or corrupt)"
+        )
+
+
+def _pixel_array(ds: Any, header: _PixelHeader) -> np.ndarray:
+    try:
+        return ds.pixel_array
+    except (NotImplementedError, RuntimeError) as exc:
+        if _is_compressed(header) and not _decoder_available(header.syntax):
+            raise ImageError(
+                f"cannot decompress DICOM transfer syntax {header.syntax.name}: install the pylibjpeg "
+                "plugins (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
+            ) from exc
+        raise ImageError(f"cannot decode DICOM pixel data: {describe(exc)}") from exc
+    except _PYDICOM_ERRORS as exc:
+        raise ImageError(f"corrupt DICOM pixel data: {describe(exc)}") from exc
+
+
+def _decoder_available(syntax: Any) -> bool:
+    from pydicom.pixels import get_decoder
+
+    try:
+        return bool(get_decoder(syntax).is_available)
+    except NotImplementedError:  # pydicom knows no decoder for this syntax at all
+        return False
+
+
+def _apply_luts(stored: np.ndarray, ds: Any) -> np.ndarray:
+    """Modality LUT (rescale) then VOI LUT or window; a missing, flat or unusable window falls
+    back to the full range (a window is a display hint), a corrupt LUT is refused."""
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are refused below
+            values = np.asarray(apply_modality_lut(stored, ds))
+    except _PYDICOM_ERRORS as exc:
+        raise ImageError(f"corrupt DICOM modality LUT: {describe(exc)}") from exc
+    if values.dtype.kind == "f":
+        if not np.isfinite(values).all():
+            raise ImageError("DICOM rescale slope/intercept give non-finite values")
+        if np.abs(values).max(initial=0) < 2**53 and np.all(np.mod(values, 1) == 0):
+            values = values.astype(np.int64)  # a VOI LUT is indexed by integer values
+    windowed = _apply_voi(values, ds)
+    if windowed is None or not np.isfinite(windowed).all() or windowed.max() <= windowed.min():
         return values.astype(np.float64)
     return windowed
 
 
+def _apply_voi(values: np.ndarray, ds: Any) -> np.ndarray | None:
+    """The VOI LUT (preferred) or the window applied to ``values``; None if there is neither."""
+    from pydicom.pixels import apply_voi, apply_windowing
+
+    try:
+        sequence = ds.get("VOILUTSequence") or []
+        has_lut = bool(sequence) and "LUTDescriptor" in sequence[0] and "LUTData" in sequence[0]
+    except _PYDICOM_ERRORS as exc:
+        raise ImageError(f"corrupt DICOM VOI LUT: {describe(exc)}") from exc
+    if has_lut:
+        try:
+            return np.asarray(apply_voi(values, ds), dtype=np.float64)
+        except _PYDICOM_ERRORS as exc:  # e.g. struct.error: LUTData shorter than its descriptor says
+            raise ImageError(f"corrupt DICOM VOI LUT: {describe(exc)}") from exc
+    if not _usable_window(ds):
+        return None
+    try:
+        return np.asarray(apply_windowing(values, ds), dtype=np.float64)
+    except _PYDICOM_ERRORS as exc:
+        raise ImageError(f"corrupt DICOM window: {describe(exc)}") from exc
+
+
+def _usable_window(ds: Any) -> bool:
+    """A window centre and width that pydicom can apply: finite, and a width of at least 1 (the
+    standard's rule for the default LINEAR function; LINEAR_EXACT and SIGMOID need > 0)."""
+    try:
+        if "WindowCenter" not in ds or "WindowWidth" not in ds:
+            return False
+        centre, width = (_first_float(ds[tag].value) for tag in ("WindowCenter", "WindowWidth"))
+        function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    except _PYDICOM_ERRORS:
+        return False
+    if not (math.isfinite(centre) and math.isfinite(width)):
+        return False
+    return width >= 1 if function == "LINEAR" else width > 0
+
+
+def _first_float(value: Any) -> float:
+    if isinstance(value, str | bytes) or not hasattr(value, "__getitem__"):
+        return float(value)
+    return float(value[0])
+
+
 def _safe_metadata(ds: Any, view: str, hasher: Callable[[str], str] | None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"view": view or "unknown", "modality": str(ds.get("Modality", "") or "")}
+    tags = {
+        "PatientID": "patient_id_hash",
+        "StudyInstanceUID": "study_uid_hash",
+        "SOPInstanceUID": "sop_uid_hash",
+    }
+    try:
+        modality = str(ds.get("Modality", "") or "")
+        values = {key: str(ds.get(tag, "") or "").strip() for tag, key in tags.items()} if hasher else {}
+    except _PYDICOM_ERRORS as exc:
+        raise ImageError(f"corrupt DICOM identifiers: {describe(exc)}") from exc
+    meta: dict[str, Any] = {"view": view or "unknown", "modality": modality}
     if hasher is not None:
-        for tag, key in (
-            ("PatientID", "patient_id_hash"),
-            ("StudyInstanceUID", "study_uid_hash"),
-            ("SOPInstanceUID", "sop_uid_hash"),
-        ):
-            value = str(ds.get(tag, "") or "").strip()
-            if value:
-                meta[key] = hasher(value)
+        meta.update({key: hasher(value) for key, value in values.items() if value})
     return meta

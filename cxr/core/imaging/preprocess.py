@@ -74,8 +74,10 @@ def preprocess_gray(pixels: np.ndarray, contract: InputContract) -> np.ndarray:
         raise ImageError(f"preprocess expects a 2-D gray image, got shape {pixels.shape}")
     if pixels.dtype != np.float32:
         raise ImageError(f"preprocess expects float32 pixels, got {pixels.dtype}")
+    if pixels.size == 0:
+        raise ImageError(f"preprocess expects a non-empty image, got shape {pixels.shape}")
     low, high = float(pixels.min()), float(pixels.max())
-    if not (low >= -1e-6 and high <= 1 + 1e-6):  # written so that NaN fails too
+    if not (low >= -1e-6 and high <= 1 + 1e-6):  # written so that NaN (which compares False) fails
         raise ImageError(f"preprocess expects values in [0, 1], got [{low:.4g}, {high:.4g}]")
 
     gray = np.clip(resize_gray(pixels, contract.height, contract.width, contract.resize), 0.0, 1.0)
