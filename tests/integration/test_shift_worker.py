@@ -1,0 +1,93 @@
+"""The shift score on a real worker: every scored film gets one, every non-radiograph is flagged,
+and with CXR_SHIFT_POLICY=abstain none of them is labelled.
+
+The model is trained here, through the real training path, on the sample shipped in
+``samples/`` (so its shift reference is the real thing: pooled features of real radiographs),
+and published to the S3 model store the worker pulls from.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from bench.shift import non_radiograph_files
+from cxr.core.db.models import JobImage, Prediction
+from cxr.core.db.session import session_scope
+from cxr.core.storage import open_store
+from tests import services
+from tests import worker_support as support
+from training_jobs.train import TrainConfig, train
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RADIOGRAPHS = 6
+
+
+def cxr_score(settings, data_dir: Path, source: str) -> dict:
+    env = support.worker_env(settings, data_dir)
+    done = subprocess.run(
+        [sys.executable, "-m", "cxr.cli.main", "score", source, "--model", "shifty@production", "--wait",
+         "--json"], env=env, capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_non_radiographs_are_flagged_and_abstained_on(cluster_settings, tmp_path):
+    settings = cluster_settings
+    result = train(
+        TrainConfig(
+            data=str(support.SAMPLE / "manifest.csv"), arch="simple_cnn",
+            classes=("covid", "normal", "pneumonia"), name="shifty", image_size=64, epochs=6, batch_size=8, bootstrap_resamples=20, publish=True,
+            aliases=("production",), verbose=0,
+        ),
+        settings,
+    )  # fmt: skip
+    assert result.model_ref == "shifty@1"
+    bucket_uri = settings.storage_url.rsplit("/", 1)[0]
+    bucket = open_store(bucket_uri, settings)
+    others = non_radiograph_files()
+    assert {"grace_hopper.jpg", "CT_small.dcm", "text-page.png"} <= set(others)
+    for i, data in enumerate(support.sample_images(RADIOGRAPHS)):
+        bucket.put(f"mixed/film-{i}.jpg", data)
+    for name, data in others.items():
+        bucket.put(f"mixed/other-{name}", data)
+        bucket.put(f"abstain/other-{name}", data)
+
+    for policy, prefix in (("flag", "mixed"), ("abstain", "abstain")):
+        worker_settings = settings.model_copy(update={"shift_policy": policy})
+        log_path = tmp_path / f"worker-{policy}.log"
+        process = support.start_worker(worker_settings, tmp_path / f"worker-{policy}", log_path)
+        try:
+            support.wait_for(
+                lambda p=log_path: support.worker_ready(p), 90, "worker ready", process, log_path
+            )
+            summary = cxr_score(settings, tmp_path / "cli", f"{bucket_uri}/{prefix}")
+        finally:
+            services.stop_process(process)
+        with session_scope(settings) as session:
+            rows = session.execute(
+                select(JobImage.uri, JobImage.outcome, JobImage.reason, Prediction.out_of_distribution,
+                       Prediction.shift_percentile)
+                .outerjoin(Prediction, Prediction.image_sha256 == JobImage.image_sha256)
+                .where(JobImage.job_id == summary["job_id"])
+            ).all()  # fmt: skip
+        by_name = {uri.rsplit("/", 1)[-1]: row for uri, *row in rows}
+        assert len(by_name) == summary["total"] and summary["failed"] == 0, by_name
+        if policy == "flag":
+            assert summary["scored"] == RADIOGRAPHS + len(others)
+            assert all(percentile is not None for _, _, _, percentile in by_name.values())
+            flagged = {name for name, (_, _, ood, _) in by_name.items() if ood}
+            assert {f"other-{name}" for name in others} <= flagged
+            assert summary["shift"]["flagged"] == len(flagged)
+        else:
+            assert summary["scored"] == 0 and summary["skipped"] == len(others)
+            assert all(outcome == "skipped" and "unlike the training data" in reason
+                       for outcome, reason, _, _ in by_name.values())  # fmt: skip
+            assert summary["by_label"] == {}
