@@ -44,8 +44,8 @@ def test_non_radiographs_are_flagged_and_abstained_on(cluster_settings, tmp_path
     result = train(
         TrainConfig(
             data=str(support.SAMPLE / "manifest.csv"), arch="simple_cnn",
-            classes=("covid", "normal", "pneumonia"), name="shifty", image_size=64, epochs=6, batch_size=8, bootstrap_resamples=20, publish=True,
-            aliases=("production",), verbose=0,
+            classes=("covid", "normal", "pneumonia"), name="shifty", image_size=64, epochs=6, batch_size=8,
+            bootstrap_resamples=20, publish=True, aliases=("production",), verbose=0,
         ),
         settings,
     )  # fmt: skip
