@@ -152,9 +152,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rng = np.random.default_rng(args.seed)
             test_flags = ranks["test"] > spec.threshold_percentile
             draws = [rng.choice(len(test_flags), 50, replace=False) for _ in range(args.subsets)]
-            alarms = [shift_verdict(int(test_flags[d].sum()), 50, expected).shifted for d in draws]
+            alarms = [
+                shift_verdict(int(test_flags[d].sum()), 50, expected, scores["test"][d], val).shifted
+                for d in draws
+            ]
             holdout_flags = ranks["holdout"] > spec.threshold_percentile
-            verdict = shift_verdict(int(holdout_flags.sum()), len(holdout_flags), expected)
+            verdict = shift_verdict(
+                int(holdout_flags.sum()), len(holdout_flags), expected, scores["holdout"], val
+            )
+            internal = shift_verdict(int(test_flags.sum()), len(test_flags), expected, scores["test"], val)
             measures[method] = {
                 "auroc_test_vs_holdout": auroc("holdout"),
                 "auroc_test_vs_non_radiograph": auroc("non-radiograph"),
@@ -162,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "non_radiographs_flagged": int((ranks["non-radiograph"] > spec.threshold_percentile).sum()),
                 "non_radiographs": len(others),
                 "holdout_verdict": verdict.to_dict(),
+                "internal_test_verdict": internal.to_dict(),
                 "false_alarm_rate_50_internal": float(np.mean(alarms)),
             }
 

@@ -291,7 +291,8 @@ def _shift_section(summary: dict[str, Any]) -> str:
         f"<p>{shift['flagged']} of {shift['scored']} scored films ({share}) lie beyond the "
         f"{shift['threshold_percentile']:g}th percentile of the validation split's shift scores; films like "
         f"the validation split would be flagged at {shift['expected_share']:.1%}. The archive {verdict} "
-        "the training data (one-sided binomial test, α = 0.001).</p>"
+        "the training data (a binomial test of the flagged share and a Mann-Whitney test of the scores "
+        "against the validation split's, together at α = 0.001).</p>"
     )
 
 

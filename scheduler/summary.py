@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,15 +93,16 @@ def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> d
             .where(Failure.job_id == job_id)
             .order_by(Failure.id)
         ).all()
-        shift_counts = session.execute(
-            select(
-                func.count(Prediction.out_of_distribution),
-                func.count().filter(Prediction.out_of_distribution),
-            )
+        shift_rows = session.execute(
+            select(Prediction.shift_score, Prediction.out_of_distribution)
             .select_from(JobImage)
             .join(Prediction, _prediction_join(job))
-            .where(JobImage.job_id == job_id, JobImage.outcome.in_([Outcome.SCORED, Outcome.SKIPPED]))
-        ).one()
+            .where(
+                JobImage.job_id == job_id,
+                JobImage.outcome.in_([Outcome.SCORED, Outcome.SKIPPED]),
+                Prediction.shift_score.is_not(None),
+            )
+        ).all()
         skips = dict(
             session.execute(
                 select(JobImage.reason, func.count())
@@ -136,22 +137,25 @@ def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> d
         "seconds": round(seconds, 3),
         "images_per_second": round(handled / seconds, 3),
         "shortcut": summarize_shortcut_scores(shortcut_scores(settings, job)).to_dict(),
-        "shift": _shift(settings, job, *shift_counts),
+        "shift": _shift(settings, job, shift_rows),
         "report": job.report_uri,
         "created_at": start.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }
 
 
-def _shift(settings: Settings, job: Job, scored: int, flagged: int) -> dict[str, Any] | None:
-    """The per-job shift verdict; None for a model without a shift reference."""
+def _shift(settings: Settings, job: Job, rows: Sequence[Any]) -> dict[str, Any] | None:
+    """The per-job shift verdict from the job's (score, flag) rows; None for a model without a
+    shift reference."""
     from modelstore import open_model_store
 
     spec = open_model_store(settings, catalogue=False).manifest(job.model_name, job.model_version).shift
     if spec is None:
         return None
-    verdict = shift_verdict(flagged, scored, spec.expected_flag_rate)
-    return verdict.to_dict() | {"message": verdict.message, "threshold_percentile": spec.threshold_percentile}
+    scores = [score for score, _ in rows]
+    flagged = sum(1 for _, ood in rows if ood)
+    verdict = shift_verdict(flagged, len(rows), spec.expected_flag_rate, scores, spec.validation_scores)
+    return verdict.to_dict() | {"threshold_percentile": spec.threshold_percentile}
 
 
 def image_rows(settings: Settings, job_id: str, batch: int = 1000) -> Iterator[ImageRow]:

@@ -88,7 +88,7 @@ class TrainConfig:
     #: Class → target sensitivity of its operating point, chosen on the validation split.
     operating_targets: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TARGETS))
     #: The per-image shift score's measure (``modelstore.shift``); "none" ships no reference.
-    shift_method: Literal["mahalanobis", "knn", "none"] = "mahalanobis"
+    shift_method: Literal["mahalanobis", "knn", "none"] = "knn"
     limit: int | None = None
     bootstrap_resamples: int = 1000
     verbose: int = 2  # Keras fit verbosity: 1 progress bar, 2 one line per epoch
