@@ -45,7 +45,10 @@ def test_non_radiographs_are_flagged_and_abstained_on(cluster_settings, tmp_path
         TrainConfig(
             data=str(support.SAMPLE / "manifest.csv"), arch="simple_cnn",
             classes=("covid", "normal", "pneumonia"), name="shifty", image_size=64, epochs=6, batch_size=8,
-            bootstrap_resamples=20, publish=True, aliases=("production",), verbose=0,
+            bootstrap_resamples=20, publish=True, aliases=("production",), verbose=0, deterministic=True,
+            # k-NN (the default, best on real data: docs/SHIFT.md) needs more than the sample's 28
+            # training films to be stable; the shrunk Mahalanobis distance is robust to so few
+            shift_method="mahalanobis",
         ),
         settings,
     )  # fmt: skip
