@@ -84,11 +84,16 @@ def show(ref: str, as_json: bool) -> None:
                f"contrast {manifest.input.contrast}")  # fmt: skip
     click.echo(f"  grad-cam  {manifest.gradcam_layer}")
     for name, point in manifest.operating_points.items():
-        click.echo(f"  operating {name} >= {point.threshold:.4f} (validation sensitivity "
-                   f"{point.validation_sensitivity}, specificity {point.validation_specificity})")  # fmt: skip
+        click.echo(
+            f"  operating {name} >= {point.threshold:.4f} (validation sensitivity "
+            f"{point.validation_sensitivity}, specificity {point.validation_specificity})"
+        )
     if manifest.shift is not None:
-        click.echo(f"  shift     {manifest.shift.method} on {', '.join(manifest.shift.feature_layers)}, "
-                   f"flag beyond the {manifest.shift.threshold_percentile:g}th validation percentile")  # fmt: skip
+        spec = manifest.shift
+        click.echo(
+            f"  shift     {spec.method} on {', '.join(spec.feature_layers)}, "
+            f"flag beyond the {spec.threshold_percentile:g}th validation percentile"
+        )
     else:
         click.echo("  shift     no reference: shift cannot be measured for this model")
     click.echo(f"  parent    {manifest.parent_version}")
