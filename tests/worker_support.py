@@ -184,3 +184,22 @@ def embedded_with_tiny_model(tmp_path: Path, **overrides: object) -> Settings:
         input_contract=CONTRACT, output="softmax", aliases=["production"],
     )  # fmt: skip
     return settings
+
+
+def train_sample_model(settings: Settings, name: str) -> str:
+    """A small CNN trained (deterministically) on the shipped sample through the real training
+    path and published as ``NAME@production``, with operating points and a shift reference fitted
+    on real radiographs. k-NN, the default shift measure, needs more than the sample's 28 training
+    films to be stable; the shrunk Mahalanobis distance is robust to so few."""
+    from training_jobs.train import TrainConfig, train
+
+    result = train(
+        TrainConfig(
+            data=str(SAMPLE / "manifest.csv"), arch="simple_cnn", classes=tuple(CLASSES), name=name,
+            image_size=64, epochs=6, batch_size=8, bootstrap_resamples=20, publish=True,
+            aliases=("production",), verbose=0, deterministic=True, shift_method="mahalanobis",
+        ),
+        settings,
+    )  # fmt: skip
+    assert result.model_ref is not None
+    return result.model_ref

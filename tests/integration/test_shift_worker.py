@@ -22,7 +22,6 @@ from cxr.core.db.session import session_scope
 from cxr.core.storage import open_store
 from tests import services
 from tests import worker_support as support
-from training_jobs.train import TrainConfig, train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,18 +40,7 @@ def cxr_score(settings, data_dir: Path, source: str) -> dict:
 
 def test_non_radiographs_are_flagged_and_abstained_on(cluster_settings, tmp_path):
     settings = cluster_settings
-    result = train(
-        TrainConfig(
-            data=str(support.SAMPLE / "manifest.csv"), arch="simple_cnn",
-            classes=("covid", "normal", "pneumonia"), name="shifty", image_size=64, epochs=6, batch_size=8,
-            bootstrap_resamples=20, publish=True, aliases=("production",), verbose=0, deterministic=True,
-            # k-NN (the default, best on real data: docs/SHIFT.md) needs more than the sample's 28
-            # training films to be stable; the shrunk Mahalanobis distance is robust to so few
-            shift_method="mahalanobis",
-        ),
-        settings,
-    )  # fmt: skip
-    assert result.model_ref == "shifty@1"
+    assert support.train_sample_model(settings, "shifty") == "shifty@1"
     bucket_uri = settings.storage_url.rsplit("/", 1)[0]
     bucket = open_store(bucket_uri, settings)
     others = non_radiograph_files()

@@ -10,12 +10,10 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from cxr.core.db.migrate import upgrade
 from cxr.core.db.models import Prediction
-from cxr.core.db.session import dispose_engines, session_scope
+from cxr.core.db.session import session_scope
 from cxr.core.imaging import InputContract, decode_image
 from cxr.core.imaging.preprocess import preprocess_gray
-from cxr.core.settings import Settings
 from modelstore import ResolvedModel, open_model_store
 from modelstore.runtime import ModelRuntime
 from tests import worker_support as support
@@ -28,14 +26,6 @@ from worker.model_cache import ModelCache
 CONTRACT = InputContract(height=32, width=32, channels=3, normalization="torch")
 SIZES = [(96, 80), (40, 120), (200, 150), (64, 64), (33, 90)]
 TOLERANCE = 1e-6
-
-
-@pytest.fixture
-def settings(tmp_path) -> Settings:
-    settings = Settings(data_dir=tmp_path / "cxr-data", inference_batch_size=2, decode_threads=2)
-    upgrade(settings=settings)
-    yield settings
-    dispose_engines()
 
 
 @pytest.fixture

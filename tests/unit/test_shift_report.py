@@ -15,7 +15,6 @@ from scheduler.report import write_report
 from scheduler.submit import submit
 from scheduler.summary import job_summary
 from tests import worker_support as support
-from training_jobs.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 
@@ -24,17 +23,7 @@ pytestmark = pytest.mark.slow
 def trained(tmp_path_factory) -> Settings:
     settings = Settings(data_dir=tmp_path_factory.mktemp("shift") / "cxr-data")
     upgrade(settings=settings)
-    train(
-        TrainConfig(
-            data=str(support.SAMPLE / "manifest.csv"), arch="simple_cnn",
-            classes=("covid", "normal", "pneumonia"), name="shifty", image_size=64, epochs=6, batch_size=8,
-            bootstrap_resamples=20, publish=True, aliases=("production",), verbose=0, deterministic=True,
-            # k-NN (the default, best on real data: docs/SHIFT.md) needs more than the sample's 28
-            # training films to be stable; the shrunk Mahalanobis distance is robust to so few
-            shift_method="mahalanobis",
-        ),
-        settings,
-    )  # fmt: skip
+    support.train_sample_model(settings, "shifty")
     yield settings
     dispose_engines()
 

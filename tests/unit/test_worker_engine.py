@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from cxr.core.db.migrate import upgrade
 from cxr.core.db.models import Chunk, ChunkStatus, Failure, Job, JobImage, Prediction
-from cxr.core.db.session import dispose_engines, session_scope
+from cxr.core.db.session import session_scope
 from cxr.core.settings import Settings
 from modelstore import ResolvedModel, open_model_store
 from tests import worker_support as support
@@ -28,14 +27,6 @@ from worker.results import record_delivery
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
     return support.build_model(tmp_path_factory.mktemp("model") / "tiny.keras")
-
-
-@pytest.fixture
-def settings(tmp_path) -> Settings:
-    settings = Settings(data_dir=tmp_path / "cxr-data", inference_batch_size=2, decode_threads=2)
-    upgrade(settings=settings)
-    yield settings
-    dispose_engines()
 
 
 @pytest.fixture
