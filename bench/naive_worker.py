@@ -20,8 +20,8 @@ from cxr.core.db.models import CLASSIFICATION, Image, Prediction
 from cxr.core.db.session import insert_ignoring_conflicts, session_scope
 from cxr.core.imaging import decode_image, preprocess
 from cxr.core.settings import get_settings
+from cxr.core.storage.fetch import process_fetcher
 from worker.app import make_app
-from worker.fetch import process_fetcher
 
 NAIVE_TASK = "bench.naive_classify"
 NAIVE_QUEUE = "naive"

@@ -18,29 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.core.errors import InvalidObjectKey, PermanentError
+from cxr.core.imaging.formats import is_image_name
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store, parse_uri
-
-#: Files the walk treats as images. Extension-less files are included because DICOM archives
-#: often name files by UID alone; the decoder gives a clear reason if one is not an image.
-IMAGE_SUFFIXES = frozenset(
-    {"", ".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff", ".webp", ".bmp", ".gif"}
-)
 
 
 @dataclass(frozen=True)
 class WalkItem:
     uri: str
     problem: str | None = None  # set when the walk refuses the item; it becomes a failure row
-
-
-def is_candidate(name: str) -> bool:
-    if name.startswith("."):
-        return False
-    suffix = os.path.splitext(name)[1].lower()
-    if suffix[1:].isdigit():
-        return True  # a DICOM file named by its UID, e.g. 1.2.840.113619.2.55.3
-    return suffix in IMAGE_SUFFIXES
 
 
 def normalise_source(source: str) -> str:
@@ -75,7 +61,7 @@ def _walk_s3(source: str, settings: Settings) -> Iterator[WalkItem]:
     if prefix and not prefix.endswith("/"):
         prefix += "/"  # s3://bucket/archive means the folder 'archive/', not 'archive-old/'
     for info in store.list(prefix):
-        if is_candidate(info.key.rsplit("/", 1)[-1]):
+        if is_image_name(info.key.rsplit("/", 1)[-1]):
             yield WalkItem(f"s3://{parsed.bucket}/{info.key}")
 
 
@@ -99,7 +85,7 @@ def _walk_folder(directory: Path, root: Path) -> Iterator[WalkItem]:
                 continue
         if entry.is_dir(follow_symlinks=False):
             yield from _walk_folder(path, root)
-        elif is_candidate(entry.name):
+        elif is_image_name(entry.name):
             yield WalkItem(path.as_uri())
 
 

@@ -35,13 +35,14 @@ import numpy as np
 
 from cxr.core.errors import ConfigurationError, ImageError, ObjectNotFound
 from cxr.core.imaging import InputContract, decode_image
+from cxr.core.imaging.formats import is_image_name
 from cxr.core.imaging.preprocess import preprocess_gray
 from cxr.core.settings import Settings
-from cxr.core.storage import ObjectStore, open_store, read_uri
+from cxr.core.storage import ObjectStore, open_store
+from cxr.core.storage.fetch import ObjectFetcher, process_fetcher
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".dcm"})
 NON_PREFIX = "non-"
 #: Manifest columns naming an image's source, first match wins; without one, the source is the
 #: prefix of a source-prefixed patient id (``actualmed:ANON170`` → ``actualmed``).
@@ -181,9 +182,7 @@ def list_folder(store: ObjectStore, where: str = "folder") -> list[Entry]:
     entries = []
     for info in store.list(""):
         parts = info.key.split("/")
-        if len(parts) < 2 or Path(info.key).suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if any(part.startswith(".") for part in parts):
+        if len(parts) < 2 or any(part.startswith(".") for part in parts) or not is_image_name(parts[-1]):
             continue
         entries.append(Entry(ref=info.key, label=parts[0].lower(), patient_id=f"image:{info.key}"))
     if not entries:
@@ -198,9 +197,11 @@ def list_folder(store: ObjectStore, where: str = "folder") -> list[Entry]:
 
 
 # ---- reading ------------------------------------------------------------------------------------
-def _read(store: ObjectStore, entry: Entry, settings: Settings) -> bytes:
+def _read(store: ObjectStore, entry: Entry, fetcher: ObjectFetcher) -> bytes:
+    """A manifest line may name a full URI (read with the process's one fetcher, a storage
+    client per bucket) or a path relative to the manifest's own store."""
     if "://" in entry.ref:
-        return read_uri(entry.ref, settings)
+        return fetcher.fetch(entry.ref)
     return store.get(entry.ref)
 
 
@@ -209,7 +210,7 @@ def _load_one(
 ) -> tuple[str, np.ndarray] | str:
     """(sha256, preprocessed pixels), or the reason the image was dropped."""
     try:
-        data = _read(store, entry, settings)
+        data = _read(store, entry, process_fetcher(settings))
         decoded = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
         return hashlib.sha256(data).hexdigest(), preprocess_gray(decoded.pixels, contract)
     except (ImageError, ObjectNotFound) as exc:

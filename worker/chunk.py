@@ -18,11 +18,11 @@ from cxr.core.db.session import session_scope
 from cxr.core.errors import ModelStoreError
 from cxr.core.outcomes import FailureStage, Outcome
 from cxr.core.settings import Settings
+from cxr.core.storage.fetch import ObjectFetcher, process_fetcher
 from modelstore import ResolvedModel
 from worker import metrics
 from worker.engine import classify_uris
 from worker.explaining import explain_options, explain_uris, record_artifacts, select_for_explanation
-from worker.fetch import ObjectFetcher, process_fetcher
 from worker.model_cache import ModelCache, process_cache
 from worker.results import Delivery, give_up_chunk, record_delivery, scored_hashes, write_chunk
 

@@ -37,9 +37,9 @@ from cxr.core.imaging.dicom import ImageSkipped
 from cxr.core.outcomes import FailureStage, SkipReason, one_line
 from cxr.core.privacy import hash_identifier
 from cxr.core.settings import Settings
+from cxr.core.storage.fetch import ObjectFetcher
 from modelstore.runtime import ModelRuntime
 from worker import metrics
-from worker.fetch import ObjectFetcher
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from cxr.core.labels import is_positive
 from cxr.core.outcomes import one_line
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store
+from cxr.core.storage.fetch import ObjectFetcher
 from cxr.explain.artifacts import (
     ArtifactRecord,
     artifact_prefix,
@@ -43,7 +44,6 @@ from modelstore import ResolvedModel
 from modelstore.runtime import ModelRuntime
 from worker import metrics
 from worker.engine import ChunkOutcome
-from worker.fetch import ObjectFetcher
 
 log = logging.getLogger(__name__)
 

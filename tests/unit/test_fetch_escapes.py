@@ -8,7 +8,7 @@ import pytest
 
 from cxr.core.errors import InvalidObjectKey, PermanentError
 from cxr.core.settings import Settings
-from worker.fetch import ObjectFetcher
+from cxr.core.storage.fetch import ObjectFetcher
 
 
 @pytest.mark.parametrize(

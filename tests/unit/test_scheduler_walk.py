@@ -7,8 +7,9 @@ import os
 import pytest
 
 from cxr.core.errors import PermanentError
+from cxr.core.imaging.formats import is_image_name
 from cxr.core.settings import Settings
-from scheduler.sources import WalkItem, is_candidate, normalise_source, walk
+from scheduler.sources import WalkItem, normalise_source, walk
 
 
 def items(source: str, tmp_path) -> list[WalkItem]:
@@ -82,7 +83,7 @@ def test_missing_source_is_a_clear_error(tmp_path):
     ],
 )
 def test_candidates(name, expected):
-    assert is_candidate(name) is expected
+    assert is_image_name(name) is expected
 
 
 def test_a_symlink_loop_in_a_list_file_fails_that_line_not_the_walk(tmp_path):

@@ -15,11 +15,11 @@ from sqlalchemy import func, select
 from cxr.core.db.models import Chunk, ChunkStatus, Failure, Job, JobImage, Prediction
 from cxr.core.db.session import session_scope
 from cxr.core.settings import Settings
+from cxr.core.storage.fetch import ObjectFetcher
 from modelstore import ResolvedModel, open_model_store
 from tests import worker_support as support
 from worker.chunk import run_classify_chunk
 from worker.engine import _lower_thread_priority, classify_uris
-from worker.fetch import ObjectFetcher
 from worker.model_cache import ModelCache
 from worker.results import record_delivery
 

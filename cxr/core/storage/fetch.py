@@ -1,9 +1,10 @@
-"""Fetching image bytes by URI, with one storage client per bucket for the whole process.
+"""Fetching image bytes by URI, with one storage client per bucket for the whole process: the
+one fetcher of scoring (the worker) and training (``training_jobs.datasets``) alike.
 
 ``cxr.core.storage.read_uri`` builds a fresh boto3 client per call, which costs tens of
-milliseconds and would dominate small images; a worker reads thousands of objects from a handful
-of buckets, so it keeps the stores. boto3 clients are thread-safe once built; building them is
-not, hence the lock.
+milliseconds and would dominate small images; a worker or a training job reads thousands of
+objects from a handful of buckets, so it keeps the stores. boto3 clients are thread-safe once
+built; building them is not, hence the lock.
 """
 
 from __future__ import annotations
