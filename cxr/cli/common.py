@@ -6,17 +6,18 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_args
 
 import click
 
 from cxr.core.errors import CxrError
+from cxr.core.imaging.contract import Contrast
 from cxr.core.settings import Settings, get_settings, scrub_secrets
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 contrast_option = click.option(
     "--contrast",
-    type=click.Choice(["none", "clahe"]),
+    type=click.Choice(get_args(Contrast)),
     default="none",
     show_default=True,
     help="Contrast step of the model's input contract, applied by training and inference alike "

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from cxr.cli.common import contrast_option, emit_json, handle_errors, json_option, ready_settings
+from cxr.core.imaging.contract import Normalization
 
 
 def _store():
@@ -147,7 +149,7 @@ def pull(ref: str, as_json: bool) -> None:
 @click.option("--image-size", type=int, required=True, help="Input height and width in pixels.")
 @click.option(
     "--normalization",
-    type=click.Choice(["unit", "symmetric", "caffe", "torch", "raw255"]),
+    type=click.Choice(get_args(Normalization)),
     default="unit",
     show_default=True,
     help="Value range the model was trained on (unit = [0, 1], as the seed models).",

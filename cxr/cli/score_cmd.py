@@ -9,15 +9,16 @@ import click
 from rich.console import Console
 
 from cxr.cli.common import emit_json, handle_errors, json_option, ready_settings
+from cxr.explain.methods import EXPLAIN_MODES, METHODS  # NumPy only
 
 
 @click.command()
 @click.argument("source")
 @click.option("--model", "model_ref", required=True, help="NAME@ALIAS, NAME@VERSION or NAME@latest.")
 @click.option("--chunk-size", type=int, default=None, help="Images per task (default CXR_CHUNK_SIZE).")
-@click.option("--explain", type=click.Choice(["none", "positives", "all"]), default="none", show_default=True,
+@click.option("--explain", type=click.Choice(EXPLAIN_MODES), default="none", show_default=True,
               help="Which images get a heatmap, overlay and regions of interest.")  # fmt: skip
-@click.option("--explain-method", type=click.Choice(["gradcam", "gradcam++", "feature-maps"]),
+@click.option("--explain-method", type=click.Choice(list(METHODS)),
               default="gradcam", show_default=True)  # fmt: skip
 @click.option("--wait/--no-wait", default=False, help="Follow the job to its end, then summarise.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from typing import get_args
 
 import click
 
 from cxr.cli.common import contrast_option, emit_json, handle_errors, json_option, ready_settings
+from training_jobs.train import HeadTraining  # no TensorFlow at import
 
 ARCH_CHOICES = (
     "simple_cnn",
@@ -91,7 +93,7 @@ def _readable(metrics: dict) -> str:
 )
 @click.option(
     "--head",
-    type=click.Choice(["dense", "logistic"]),
+    type=click.Choice(get_args(HeadTraining)),
     default="dense",
     show_default=True,
     help="How a pretrained model's new head is trained: dense (gradient descent on augmented "

@@ -151,6 +151,9 @@ class FeatureMaps(ExplanationMethod):
         )  # fmt: skip
 
 
+#: Which images of a scoring job are explained (``cxr score --explain``).
+EXPLAIN_MODES = ("none", "positives", "all")
+
 METHODS: dict[str, type[ExplanationMethod]] = {
     cls.name: cls for cls in (GradCAM, GradCAMPlusPlus, FeatureMaps)
 }
