@@ -130,6 +130,13 @@ class Settings(BaseSettings):
         description="Times a chunk may be started without finishing (its worker died or was "
         "killed) before its images are recorded as failures instead of retried forever.",
     )
+    chunk_lease_s: int = Field(
+        default=60,
+        ge=2,
+        description="Lease a worker holds on a running chunk, renewed every third of it while "
+        "the chunk runs. A delivery that finds a live lease is a duplicate (deferred, not "
+        "counted); a lease that ran out without being released means its holder died.",
+    )
     task_max_retries: int = Field(
         default=6,
         ge=0,

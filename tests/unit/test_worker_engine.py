@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import sys
@@ -10,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from cxr.core.db.migrate import upgrade
-from cxr.core.db.models import Chunk, ChunkStatus, Failure, Job, JobImage, Prediction
+from cxr.core.db.models import Chunk, ChunkStatus, Failure, Job, JobImage, Prediction, utcnow
 from cxr.core.db.session import dispose_engines, session_scope
 from cxr.core.settings import Settings
 from modelstore import ResolvedModel, open_model_store
@@ -21,8 +22,8 @@ from tests import worker_support as support
 from worker.chunk import run_classify_chunk
 from worker.engine import _lower_thread_priority, classify_uris
 from worker.fetch import ObjectFetcher
+from worker.lease import claim, release
 from worker.model_cache import ModelCache
-from worker.results import record_delivery
 
 
 @pytest.fixture(scope="module")
@@ -178,20 +179,46 @@ def test_same_chunk_twice_stores_one_prediction_per_image_and_counts_once(settin
     counters = job_counters(settings, job_id)
     second = run_classify_chunk(settings, job_id, model, uris, 0, cache=cache)
 
-    assert first.status == "done" and second.status == "skipped"
+    assert first.status == "done" and second.status == "already-done"
     assert job_counters(settings, job_id) == counters == (3, 1, "finished")
     with session_scope(settings) as session:
         assert session.scalar(select(func.count()).select_from(Prediction)) == 3
         assert session.scalar(select(func.count()).select_from(Failure)) == 1
         chunk = session.scalars(select(Chunk)).one()
-        assert (chunk.status, chunk.deliveries) == (ChunkStatus.DONE, 2)
+        assert (chunk.status, chunk.deliveries, chunk.deaths) == (ChunkStatus.DONE, 1, 0)
+
+
+def _die_holding(settings, job_id: str, seq: int, uris: list[str]) -> None:
+    """A start whose worker died: the lease is taken and never released, and it runs out."""
+    assert claim(settings, job_id, seq, uris).claimed
+    with session_scope(settings) as session:
+        session.execute(
+            update(Chunk)
+            .where(Chunk.job_id == job_id, Chunk.seq == seq)
+            .values(lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+
+
+def test_a_delivery_that_finds_a_live_lease_is_a_duplicate_and_counts_nothing(settings, model, tmp_path):
+    uris = write_images(tmp_path / "images", [support.synthetic_png(0)])
+    job_id = support.create_job(settings, model, total=1)
+    holder = claim(settings, job_id, 0, uris)
+    for _ in range(settings.max_deliveries + 2):
+        report = run_classify_chunk(settings, job_id, model, uris, 0, cache=ModelCache(settings))
+        assert report.status == "duplicate" and report.retry_in > 0
+    release(settings, job_id, 0, holder.owner)  # the holder ended cleanly without finishing
+    report = run_classify_chunk(settings, job_id, model, uris, 0, cache=ModelCache(settings))
+    assert report.status == "done"
+    with session_scope(settings) as session:
+        chunk = session.scalars(select(Chunk)).one()
+        assert (chunk.deliveries, chunk.deaths, chunk.lease_owner) == (2, 0, None)
 
 
 def test_a_chunk_that_killed_its_worker_too_often_is_given_up(settings, model, tmp_path):
     uris = write_images(tmp_path / "images", [support.synthetic_png(s) for s in range(2)])
     job_id = support.create_job(settings, model, total=2)
     for _ in range(settings.max_deliveries):  # starts that never finished: the worker died
-        record_delivery(settings, job_id, 0, uris)
+        _die_holding(settings, job_id, 0, uris)
 
     report = run_classify_chunk(settings, job_id, model, uris, 0, cache=ModelCache(settings))
 
@@ -206,8 +233,8 @@ def test_a_chunk_that_killed_its_worker_too_often_is_given_up(settings, model, t
 def test_retried_deliveries_do_not_count_as_deaths(settings, model, tmp_path):
     uris = write_images(tmp_path / "images", [support.synthetic_png(0)])
     job_id = support.create_job(settings, model, total=1)
-    for _ in range(settings.max_deliveries):
-        record_delivery(settings, job_id, 0, uris)
+    for _ in range(settings.max_deliveries):  # starts that ended in a retry released the lease
+        release(settings, job_id, 0, claim(settings, job_id, 0, uris).owner)
 
     report = run_classify_chunk(
         settings, job_id, model, uris, 0, attempt=settings.max_deliveries, cache=ModelCache(settings)
