@@ -58,7 +58,12 @@ def score(
     if not settings.in_process and not wait:
         console.print(f"follow it with: cxr jobs show {submitted.job_id}")
         if as_json:
-            emit_json({"job_id": submitted.job_id, "model": submitted.model.ref, "total": submitted.total})
+            emit_json(
+                {
+                    "job_id": submitted.job_id, "model": submitted.model.ref, "total": submitted.total,
+                    "resumed": submitted.resumed, "chunks_sent": submitted.chunks_sent,
+                }
+            )  # fmt: skip
         return
     final = wait_for_job(settings, submitted.job_id, quiet=as_json)
     report = write_report(settings, submitted.job_id, report_path)
