@@ -16,12 +16,19 @@ from typing import Any
 
 from cxr.core.db.session import session_scope
 from cxr.core.errors import ModelStoreError
-from cxr.core.outcomes import FailureStage, Outcome
+from cxr.core.outcomes import FailureStage, Outcome, one_line
 from cxr.core.settings import Settings
 from modelstore import ResolvedModel
+from modelstore.runtime import ModelRuntime
 from worker import metrics
-from worker.engine import classify_uris
-from worker.explaining import explain_options, explain_uris, record_artifacts, select_for_explanation
+from worker.engine import ChunkOutcome, classify_uris
+from worker.explaining import (
+    ExplainedImage,
+    explain_options,
+    explain_uris,
+    record_artifacts,
+    select_for_explanation,
+)
 from worker.fetch import ObjectFetcher, process_fetcher
 from worker.lease import Claim, Heartbeat, claim, release
 from worker.model_cache import ModelCache, process_cache
@@ -106,9 +113,7 @@ def _run_claimed(
     outcome = classify_uris(
         uris, loaded, settings, fetcher, already_scored=functools.partial(scored_hashes, settings, spec)
     )
-    mode, method = explain_options(settings, job_id)
-    to_explain = select_for_explanation(settings, spec, outcome, mode, method)
-    explained = explain_uris(settings, spec, loaded, to_explain, method, fetcher) if to_explain else []
+    explained = _explain_isolated(settings, job_id, spec, loaded, outcome, fetcher)
     write_started = time.perf_counter()
     summary = write_chunk(settings, job_id, chunk_seq, spec, loaded.classes, outcome, explained)
     metrics.STAGE_DURATION.labels(stage="write").observe(time.perf_counter() - write_started)
@@ -130,6 +135,29 @@ def _run_claimed(
         spec.version,
     )  # fmt: skip
     return ChunkReport(job_id, chunk_seq, "done", summary.scored, summary.failed, seconds)
+
+
+def _explain_isolated(
+    settings: Settings,
+    job_id: str,
+    spec: ResolvedModel,
+    loaded: ModelRuntime,
+    outcome: ChunkOutcome,
+    fetcher: ObjectFetcher,
+) -> list[ExplainedImage]:
+    """The chunk's explanations, or none: whatever goes wrong while explaining (the explainer
+    cannot be built, the store is full or unreachable, a transient error) is logged and counted,
+    and the chunk's predictions are committed regardless. Per-image errors are already handled
+    in ``explain_uris``; this is the net around the whole step."""
+    mode, method = explain_options(settings, job_id)
+    to_explain: list[str] = []
+    try:
+        to_explain = list(select_for_explanation(settings, spec, outcome, mode, method))
+        return explain_uris(settings, spec, loaded, to_explain, method, fetcher) if to_explain else []
+    except Exception as exc:
+        log.error("chunk %s: explanations failed, predictions kept: %s", job_id, one_line(exc))
+        metrics.EXPLANATIONS.labels(spec.name, str(spec.version), method, "failed").inc(len(to_explain))
+        return []
 
 
 def run_explain_chunk(
