@@ -245,7 +245,7 @@ def render_html(settings: Settings, job_id: str) -> str:
 <p class="warn"><b>{html.escape(INTENDED_USE)}</b> These outputs are research results from a model
 trained on small public datasets; they are not diagnoses.</p>
 <p>Source <code>{html.escape(summary["source"])}</code> · model <code>{html.escape(summary["model"])}</code>
-· status {summary["status"]} · {summary["images_per_second"]} images/s</p>
+· status {summary["status"]} · {summary["images_per_second"]} images/s</p>{_frozen_note(summary)}
 <h2>Counts</h2><table>{counts}</table>
 <h2>Label distribution</h2>{chart}<table>{label_table}</table>
 <h2>Most confident positives</h2>{_gallery(settings, job_row, rows)}
@@ -253,6 +253,18 @@ trained on small public datasets; they are not diagnoses.</p>
 <h2>Failures by reason</h2>{failure_table}
 <h2>Model card</h2><ul>{card}</ul>
 </body></html>"""
+
+
+def _frozen_note(summary: dict[str, Any]) -> str:
+    """A cancelled job is frozen at its cancel: chunks that were still running discard their
+    results, so the counts shown are final, and the page says when they were taken."""
+    if summary["status"] != "cancelled":
+        return ""
+    return (
+        f'<p class="warn">Cancelled at {html.escape(str(summary["finished_at"]))}: the counts are those at '
+        "cancel time and are final (chunks still running then discarded their results). Score the "
+        "source again to cover the rest: what was scored is skipped.</p>"
+    )
 
 
 def write_report(settings: Settings, job_id: str, local_path: Path | None = None) -> dict[str, Any]:

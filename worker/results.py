@@ -167,9 +167,11 @@ def write_chunk(
         failed = insert_ignoring_conflicts(session, Failure, _failure_rows(job_id, outcome.failures))
         insert_ignoring_conflicts(session, JobImage, _job_image_rows(job_id, chunk_seq, outcome))
         _close_chunk(session, chunk, ChunkStatus.DONE)
-        add_to_counters(
-            session, job_id, scored=len(outcome.scored), failed=failed, skipped=len(outcome.skipped)
-        )
+        counts = {"scored": len(outcome.scored), "failed": failed, "skipped": len(outcome.skipped)}
+        if not add_to_counters(session, job_id, **counts):
+            session.rollback()  # cancelled meanwhile: the job stays as it was at cancel time
+            log.info("job %s ended before chunk %d was written; results discarded", job_id, chunk_seq)
+            return WriteSummary(0, 0, already_done=True)
         return WriteSummary(len(outcome.scored), failed, skipped=len(outcome.skipped), outcome=outcome)
 
 
@@ -221,7 +223,9 @@ def give_up_chunk(
         failed = insert_ignoring_conflicts(session, Failure, _failure_rows(job_id, outcome.failures))
         insert_ignoring_conflicts(session, JobImage, _job_image_rows(job_id, chunk_seq, outcome))
         _close_chunk(session, chunk, ChunkStatus.FAILED)
-        add_to_counters(session, job_id, failed=failed)
+        if not add_to_counters(session, job_id, failed=failed):
+            session.rollback()  # cancelled meanwhile: nothing recorded after the cancel
+            return WriteSummary(0, 0, already_done=True)
     metrics.count_images(spec, Outcome.FAILED, stage, failed)
     log.warning("gave up chunk %s/%d (%d images): %s", job_id, chunk_seq, len(uris), reason)
     return WriteSummary(0, failed)

@@ -379,3 +379,51 @@ def test_decode_threads_run_nicer_than_the_model():
     thread.join()
     assert seen == [min(before + 7, 19)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # caller untouched
+
+
+def test_a_chunk_that_ends_after_its_job_was_cancelled_adds_nothing(settings, model, tmp_path):
+    """Cancel freezes the job: the report written at cancel time stays exact."""
+    from scheduler.submit import cancel
+    from worker.results import write_chunk
+
+    uris = write_images(tmp_path / "images", [support.synthetic_png(s) for s in range(2)])
+    job_id = support.create_job(settings, model, total=2)
+    spec = ResolvedModel.from_dict(model)
+    assert claim(settings, job_id, 0, uris).claimed
+    runtime = ModelCache(settings).get(spec)
+    outcome = classify_uris(uris, runtime, settings, ObjectFetcher(settings))
+    assert cancel(settings, job_id)  # while the chunk ran
+
+    summary = write_chunk(settings, job_id, 0, spec, runtime.classes, outcome)
+
+    assert summary.already_done and predictions(settings, job_id) == {}
+    assert job_counters(settings, job_id) == (0, 0, "cancelled")
+
+
+def test_the_insert_decides_who_scores_identical_bytes_not_a_read_before_it(settings, model, tmp_path):
+    """Two chunks holding the same bytes under other names both pass the "already scored?" read
+    (neither has committed), both infer; the one whose prediction INSERT lands first scores,
+    the other counts its images skipped: the race made deterministic."""
+    from worker.results import write_chunk
+
+    images = [support.synthetic_png(s) for s in range(3)]
+    first_uris = write_images(tmp_path / "a", images)
+    second_uris = write_images(tmp_path / "b", images)
+    job_id = support.create_job(settings, model, total=6)
+    spec = ResolvedModel.from_dict(model)
+    runtime = ModelCache(settings).get(spec)
+    outcomes = [
+        classify_uris(uris, runtime, settings, ObjectFetcher(settings)) for uris in (first_uris, second_uris)
+    ]
+    assert [len(o.scored) for o in outcomes] == [3, 3]  # both computed before either wrote
+
+    first = write_chunk(settings, job_id, 0, spec, runtime.classes, outcomes[0])
+    second = write_chunk(settings, job_id, 1, spec, runtime.classes, outcomes[1])
+
+    assert (first.scored, first.skipped, second.scored, second.skipped) == (3, 0, 0, 3)
+    assert len(predictions(settings, job_id)) == 3
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        assert (job.scored, job.skipped) == (3, 3)
+        reasons = set(session.scalars(select(JobImage.reason).where(JobImage.chunk_seq == 1)))
+    assert reasons == {"already scored by this model version"}

@@ -32,10 +32,14 @@ def job_identity(source: str, model_name: str, model_version: int, explain: str)
 
 def add_to_counters(
     session: Session, job_id: str, *, scored: int = 0, skipped: int = 0, failed: int = 0
-) -> None:
-    session.execute(
+) -> bool:
+    """Add to the job's counters; False (nothing added) if the job is no longer pending or
+    running. The condition is evaluated under the job row's lock, after any concurrent cancel
+    commits, so a caller that rolls back on False can never add results to a cancelled job: a
+    cancel freezes the job, and the report written at cancel time stays exact."""
+    result = session.execute(
         update(Job)
-        .where(Job.id == job_id)
+        .where(Job.id == job_id, Job.status.in_((JobStatus.PENDING, JobStatus.RUNNING)))
         .values(
             scored=Job.scored + scored,
             skipped=Job.skipped + skipped,
@@ -44,6 +48,7 @@ def add_to_counters(
         )
     )
     finish_if_complete(session, job_id)
+    return bool(result.rowcount)
 
 
 def finish_if_complete(session: Session, job_id: str) -> None:
