@@ -278,8 +278,11 @@ def write_report(settings: Settings, job_id: str, local_path: Path | None = None
     page = render_html(settings, job_id).encode("utf-8")
     html_uri = store.put(f"reports/jobs/{job_id}/report.html", page, "text/html")
     if local_path is not None:
-        local_path.parent.mkdir(parents=True, exist_ok=True)
-        local_path.write_bytes(page)
+        try:
+            local_path.parent.mkdir(parents=True, exist_ok=True)
+            local_path.write_bytes(page)
+        except OSError as exc:  # name the file: a write error alone does not
+            raise OSError(exc.errno, exc.strerror, str(local_path)) from exc
     with session_scope(settings) as session:
         session.get(Job, job_id).report_uri = html_uri
     return {"html": html_uri, "csv": csv_uri, "local": str(local_path) if local_path else None}

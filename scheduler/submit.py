@@ -35,7 +35,7 @@ from cxr.core.errors import PermanentError
 from cxr.core.settings import Settings
 from modelstore import ResolvedModel, open_model_store, parse_ref
 from scheduler.sources import WalkItem, normalise_source, walk
-from worker.app import send_classify_chunk
+from worker.app import check_broker, send_classify_chunk
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +125,13 @@ def submit(
 
     Without a broker the chunks are scored right here, so this returns when the job is done.
     """
-    chunk_size = chunk_size or settings.chunk_size
+    chunk_size = settings.chunk_size if chunk_size is None else chunk_size
     if chunk_size < 1:
         raise PermanentError(f"chunk size must be at least 1, got {chunk_size}")
     source = normalise_source(source)
     model = open_model_store(settings).resolve(model_ref)  # pinned once, for the whole job
+    if not settings.in_process:
+        check_broker(settings)  # before any job row: a broker that is down leaves nothing pending
     job_id = find_resumable_job(settings, source, model, explain)
     if job_id is None and not parse_ref(model_ref)[1].isdigit():
         _refuse_if_unfinished_elsewhere(settings, source, model, explain)

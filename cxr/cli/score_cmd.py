@@ -14,7 +14,8 @@ from cxr.cli.common import emit_json, handle_errors, json_option, ready_settings
 @click.command()
 @click.argument("source")
 @click.option("--model", "model_ref", required=True, help="NAME@ALIAS, NAME@VERSION or NAME@latest.")
-@click.option("--chunk-size", type=int, default=None, help="Images per task (default CXR_CHUNK_SIZE).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Images per task (default CXR_CHUNK_SIZE).")  # fmt: skip
 @click.option("--explain", type=click.Choice(["none", "positives", "all"]), default="none", show_default=True,
               help="Which images get a heatmap, overlay and regions of interest.")  # fmt: skip
 @click.option("--explain-method", type=click.Choice(["gradcam", "gradcam++", "feature-maps"]),
