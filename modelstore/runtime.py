@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr.core.errors import ManifestError
 from cxr.core.imaging import InputContract, preprocess
 from cxr.core.imaging.preprocess import finish
 from modelstore.manifest import Manifest
@@ -52,6 +53,27 @@ def compile_forward(model: Any, input_shape: tuple[int, ...]) -> Forward:
         graph = tf.function(lambda x: model(x, training=False), input_signature=signature)
         return lambda batch: np.asarray(graph(batch))
     return lambda batch: np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)))
+
+
+def check_model_matches_manifest(model: Any, manifest: Manifest) -> None:
+    """Refuse a model file whose input shape or output units disagree with its manifest: a
+    64-px model must not be fed at 200 px, nor three outputs read as two classes. (Reordered
+    classes keep the shapes; the manifest digest catches those: ``modelstore.integrity``.)"""
+    contract = manifest.input
+    input_shape = tuple(getattr(model, "input_shape", ()) or ())[1:]
+    if input_shape and tuple(input_shape) != tuple(contract.shape):
+        takes = "×".join(str(d) for d in input_shape)
+        raise ManifestError(
+            f"{manifest.ref}: the manifest says input {contract.height}×{contract.width}×"
+            f"{contract.channels}, the model file takes {takes}: refused"
+        )
+    output_shape = tuple(getattr(model, "output_shape", ()) or ())
+    units = 1 if manifest.output == "sigmoid" else len(manifest.classes)
+    if output_shape and output_shape[-1] != units:
+        raise ManifestError(
+            f"{manifest.ref}: the manifest says a {manifest.output} output over {len(manifest.classes)} "
+            f"classes ({units} units), the model file has {output_shape[-1]}: refused"
+        )
 
 
 class ModelRuntime:
@@ -95,8 +117,10 @@ class ModelRuntime:
 
         started = time.perf_counter()
         manifest = pulled.manifest
+        model = load_keras_model(pulled.path)
+        check_model_matches_manifest(model, manifest)
         runtime = cls(
-            load_keras_model(pulled.path),
+            model,
             classes=manifest.classes,
             contract=manifest.input,
             output=manifest.output,

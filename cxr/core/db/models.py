@@ -84,6 +84,9 @@ class ModelVersion(Base):
     classes: Mapped[list[Any]] = mapped_column(JSON)
     parent_version: Mapped[int | None] = mapped_column(Integer)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: ``modelstore.integrity.manifest_digest`` at publish: resolve and pull refuse a manifest
+    #: in the object store that no longer matches it.
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
