@@ -39,6 +39,10 @@ from cxr.core.settings import Settings
 log = logging.getLogger(__name__)
 
 _HOST = socket.gethostname()[:64]
+#: Leases this process holds right now. A lease of this process that is not in here is left from
+#: an earlier delivery whose release failed (the database dropped the connection): stale, not a
+#: death, and taken back at once.
+_ACTIVE: set[str] = set()
 
 
 def new_owner() -> str:
@@ -116,11 +120,16 @@ def claim(settings: Settings, job_id: str, chunk_seq: int, uris: Sequence[str]) 
         return Claim("final", reason=f"chunk {job_id}/{chunk_seq} is already {status.value}")
     now = utcnow()
     dead_holder = holder if _holder_is_gone(holder) else None
+    stale_own = holder if _is_stale_own(holder) else None
     free = or_(
         Chunk.lease_owner.is_(None),
         Chunk.lease_expires_at < now,
         *([Chunk.lease_owner == dead_holder] if dead_holder else []),
+        *([Chunk.lease_owner == stale_own] if stale_own else []),
     )
+    # the previous holder never released the lease: it died holding the chunk (unless it was
+    # this very process, whose release failed)
+    died = and_(Chunk.lease_owner.is_not(None), Chunk.lease_owner != (stale_own or ""))
     with session_scope(settings) as session:
         taken = session.execute(
             update(Chunk)
@@ -131,14 +140,14 @@ def claim(settings: Settings, job_id: str, chunk_seq: int, uris: Sequence[str]) 
                 lease_owner=owner,
                 lease_expires_at=now + dt.timedelta(seconds=settings.chunk_lease_s),
                 deliveries=Chunk.deliveries + 1,
-                # the previous holder never released the lease: it died holding the chunk
-                deaths=Chunk.deaths + case((Chunk.lease_owner.is_not(None), 1), else_=0),
+                deaths=Chunk.deaths + case((died, 1), else_=0),
                 status=ChunkStatus.RUNNING,
                 started_at=now,
             )
             .returning(Chunk.deliveries, Chunk.deaths)
         ).first()
     if taken is not None:
+        _ACTIVE.add(owner)
         return Claim("claimed", owner, deliveries=taken[0], deaths=taken[1])
     retry_in = settings.chunk_lease_s
     if expires is not None:
@@ -151,9 +160,23 @@ def claim(settings: Settings, job_id: str, chunk_seq: int, uris: Sequence[str]) 
     )
 
 
+def _is_stale_own(owner: str | None) -> bool:
+    return bool(owner) and owner.startswith(f"{_HOST}:{os.getpid()}:") and owner not in _ACTIVE
+
+
 def release(settings: Settings, job_id: str, chunk_seq: int, owner: str) -> None:
     """Give the lease back (a clean end of this delivery, whatever its result). A chunk that is
-    not final goes back to ``queued`` so resumes send it again."""
+    not final goes back to ``queued`` so resumes send it again. Never raises: a release that
+    fails (the database is unreachable) must not hide the error that ended the chunk; the next
+    delivery in this process takes the stale lease back, elsewhere it expires."""
+    _ACTIVE.discard(owner)
+    try:
+        _release(settings, job_id, chunk_seq, owner)
+    except Exception as exc:
+        log.warning("could not release the lease on %s/%d: %s", job_id, chunk_seq, exc)
+
+
+def _release(settings: Settings, job_id: str, chunk_seq: int, owner: str) -> None:
     with session_scope(settings) as session:
         session.execute(
             update(Chunk)
