@@ -126,3 +126,23 @@ def test_explanations_are_written_once_with_the_chunk_and_shown_in_the_report(se
     assert explained == 0  # a missing file is logged, not raised
     with session_scope(settings) as session:
         assert session.scalar(select(func.count()).select_from(Artifact)) == 12  # nothing doubled
+
+
+def test_the_database_allows_one_unfinished_job_per_identity(tmp_path):
+    """What two racing schedulers meet: the second insert of the same identity gets the first
+    job; once that job ends, the identity is free for a new one."""
+    from cxr.core.db.migrate import upgrade
+    from cxr.core.settings import Settings
+    from modelstore import ResolvedModel
+    from scheduler.submit import cancel, create_job
+
+    settings = Settings(data_dir=tmp_path / "data")
+    upgrade(settings=settings)
+    model = ResolvedModel("m", 1, "0" * 64)
+    first = create_job(settings, "file:///a", model, {"explain": "none"})
+    second = create_job(settings, "file:///a", model, {"explain": "none"})
+    other = create_job(settings, "file:///a", model, {"explain": "all"})
+    assert first[1] and second == (first[0], False) and other[1] and other[0] != first[0]
+    cancel(settings, first[0])
+    third = create_job(settings, "file:///a", model, {"explain": "none"})
+    assert third[1] and third[0] != first[0]
