@@ -54,7 +54,10 @@ def describe(exc: BaseException) -> str | None:
     if isinstance(exc, sqlalchemy.exc.ArgumentError):
         return f"CXR_DATABASE_URL is not a valid database URL ({_first_line(exc)})"
     if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
-        return f"cannot reach the database {_database_url()}: {_first_line(exc.orig)}"
+        reason = _first_line(exc.orig)
+        if any(hint in reason.lower() for hint in ("disk is full", "no space left", "disk full")):
+            return f"no space left on the device of the database {_database_url()}: {reason}"
+        return f"cannot reach the database {_database_url()}: {reason}"
     if _is_broker_error(exc):
         return (
             f"cannot reach the broker {_broker_url()}: {_first_line(exc)}; start it (or fix CXR_BROKER_URL) "
