@@ -24,10 +24,13 @@ __all__ = [
 def open_model_store(settings: Settings | None = None, *, catalogue: bool = True) -> ModelStore:
     """The configured model store; with ``catalogue`` each publish is also recorded in SQL."""
     settings = settings or get_settings()
-    hook = None
-    if catalogue:
-        from modelstore.catalog import catalogue_hook
+    from modelstore.catalog import catalogue_hook, digest_lookup
 
-        hook = catalogue_hook(settings)
+    hook = catalogue_hook(settings) if catalogue else None
     assert settings.model_cache_dir is not None
-    return ModelStore(open_store(settings=settings), settings.model_cache_dir, on_publish=hook)
+    return ModelStore(
+        open_store(settings=settings),
+        settings.model_cache_dir,
+        on_publish=hook,
+        registered_digest=digest_lookup(settings),
+    )

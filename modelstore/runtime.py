@@ -81,6 +81,27 @@ class Scores:
     out_of_distribution: np.ndarray | None = None  # (N,) bool: beyond the threshold percentile
 
 
+def check_model_matches_manifest(model: Any, manifest: Manifest) -> None:
+    """Refuse a model file whose input shape or output units disagree with its manifest: a
+    64-px model must not be fed at 200 px, nor three outputs read as two classes. (Reordered
+    classes keep the shapes; the manifest digest catches those: ``modelstore.integrity``.)"""
+    contract = manifest.input
+    input_shape = tuple(getattr(model, "input_shape", ()) or ())[1:]
+    if input_shape and tuple(input_shape) != tuple(contract.shape):
+        takes = "×".join(str(d) for d in input_shape)
+        raise ManifestError(
+            f"{manifest.ref}: the manifest says input {contract.height}×{contract.width}×"
+            f"{contract.channels}, the model file takes {takes}: refused"
+        )
+    output_shape = tuple(getattr(model, "output_shape", ()) or ())
+    units = 1 if manifest.output == "sigmoid" else len(manifest.classes)
+    if output_shape and output_shape[-1] != units:
+        raise ManifestError(
+            f"{manifest.ref}: the manifest says a {manifest.output} output over {len(manifest.classes)} "
+            f"classes ({units} units), the model file has {output_shape[-1]}: refused"
+        )
+
+
 class ModelRuntime:
     """A loaded model with its input contract and classes: preprocess → forward → probabilities
     → labels, and explanations of the same model.
@@ -129,6 +150,8 @@ class ModelRuntime:
 
         started = time.perf_counter()
         manifest = pulled.manifest
+        model = load_keras_model(pulled.path)
+        check_model_matches_manifest(model, manifest)
         shift = None
         if manifest.shift is not None and pulled.shift_path is not None:
             reference = ShiftReference.from_bytes(
@@ -136,7 +159,7 @@ class ModelRuntime:
             )
             shift = (manifest.shift, reference)
         runtime = cls(
-            load_keras_model(pulled.path),
+            model,
             shift=shift,
             operating_points=manifest.operating_points,
             classes=manifest.classes,

@@ -5,11 +5,16 @@ Layout under the store root::
     models/<name>/<version>/.claim          written first, atomically: reserves the number
     models/<name>/<version>/model.keras
     models/<name>/<version>/manifest.json   written last: its presence means "published"
-    models/<name>/aliases/<alias>.json      a mutable pointer {"version": N, "sha256": ...}
+    models/<name>/aliases/<alias>.json      a mutable pointer {"version": N, "sha256": ...,
+                                            "manifest_sha256": ...} (``integrity.AliasDocument``)
 
 Version numbers go up by one per publish and are never reused: a publisher reserves a number
 with a create-if-absent write (S3 ``If-None-Match: *``, a hard link locally), so two concurrent
 publishers cannot get the same one, and a publish that dies half-way leaves a gap, not a reuse.
+
+Tamper evidence (``modelstore.integrity``): every resolve and pull recomputes the manifest's
+digest and compares it with each record of it it can find (the alias document followed, the SQL
+catalogue row through ``registered_digest``, the digest a job pinned), refusing any mismatch.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cxr.core.errors import ManifestError, ModelIntegrityError, ModelNotFound, ObjectNotFound
 from cxr.core.imaging.contract import InputContract
 from cxr.core.storage import ObjectStore
+from modelstore.integrity import AliasDocument, manifest_digest
 from modelstore.manifest import (
     Manifest,
     MetricRecord,
@@ -43,23 +49,31 @@ log = logging.getLogger(__name__)
 _BLOCK = 1024 * 1024
 #: Called after publish / promote with the manifest, e.g. to mirror it into the SQL catalogue.
 PublishHook = Callable[[Manifest, str], None]
+#: (name, version) → the manifest digest recorded when the version was published, if known.
+DigestLookup = Callable[[str, int], str | None]
 
 
 @dataclass(frozen=True)
 class ResolvedModel:
     """An exact model version: what a job pins at submit time, every chunk carries (as JSON) and
-    a worker's model cache is keyed by. The sha256 is the model file's."""
+    a worker's model cache is keyed by. The sha256 is the model file's; ``manifest_sha256`` the
+    digest of its manifest when it was resolved, so a worker refuses a manifest rewritten since
+    (it is not part of equality: the file identifies the model in a cache)."""
 
     name: str
     version: int
     sha256: str
+    manifest_sha256: str = field(default="", compare=False)
 
     @property
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+        data = {"name": self.name, "version": self.version, "sha256": self.sha256}
+        if self.manifest_sha256:
+            data["manifest_sha256"] = self.manifest_sha256
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ResolvedModel:
@@ -70,7 +84,13 @@ class ResolvedModel:
             raise ManifestError(f"a pinned model must name name, version and sha256, got {data!r}") from exc
         if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ManifestError(f"a pinned model's version must be an integer >= 1, got {version!r}")
-        return cls(name=validate_name(str(name)), version=version, sha256=str(sha256))
+        manifest_sha256 = str(data.get("manifest_sha256") or "")
+        return cls(
+            name=validate_name(str(name)),
+            version=version,
+            sha256=str(sha256),
+            manifest_sha256=manifest_sha256,
+        )
 
 
 @dataclass(frozen=True)
@@ -100,10 +120,17 @@ def sha256_file(path: Path) -> str:
 class ModelStore:
     """Publish, list, resolve, promote and pull model versions."""
 
-    def __init__(self, storage: ObjectStore, cache_dir: Path, on_publish: PublishHook | None = None) -> None:
+    def __init__(
+        self,
+        storage: ObjectStore,
+        cache_dir: Path,
+        on_publish: PublishHook | None = None,
+        registered_digest: DigestLookup | None = None,
+    ) -> None:
         self.storage = storage
         self.cache_dir = Path(cache_dir)
         self.on_publish = on_publish
+        self.registered_digest = registered_digest
 
     # ---- keys -------------------------------------------------------------------------------
     @staticmethod
@@ -147,11 +174,41 @@ class ModelStore:
         return manifest
 
     def aliases(self, name: str) -> dict[str, int]:
-        out = {}
+        """Valid aliases of ``name`` → version (broken ones are in ``alias_problems``)."""
+        return {alias: doc.version for alias, doc in self._alias_documents(name)[0].items()}
+
+    def alias_problems(self, name: str) -> dict[str, str]:
+        """Aliases of ``name`` whose document is unreadable or invalid → why."""
+        return self._alias_documents(name)[1]
+
+    def _alias_documents(self, name: str) -> tuple[dict[str, AliasDocument], dict[str, str]]:
+        good: dict[str, AliasDocument] = {}
+        bad: dict[str, str] = {}
         for info in self.storage.list(f"models/{validate_name(name)}/aliases/"):
             alias = info.key.rsplit("/", 1)[1].removesuffix(".json")
-            out[alias] = int(json.loads(self.storage.get(info.key))["version"])
-        return out
+            try:
+                good[alias] = AliasDocument.parse(self.storage.get(info.key), self.storage.uri(info.key))
+            except ManifestError as exc:
+                bad[alias] = str(exc)
+        return good, bad
+
+    def verified_manifest(self, name: str, version: int, expected: Mapping[str, str | None]) -> Manifest:
+        """The manifest of ``name@version`` if its digest equals every known record of it
+        (``expected``: where the record is → digest, None or '' when there is none), plus the SQL
+        catalogue's when the store has one; else ``ModelIntegrityError`` naming the version."""
+        manifest = self.manifest(name, version)
+        actual = manifest_digest(manifest)
+        records = dict(expected)
+        if self.registered_digest is not None:
+            records["the SQL catalogue"] = self.registered_digest(name, version)
+        for where, digest in records.items():
+            if digest and digest != actual:
+                raise ModelIntegrityError(
+                    f"{name}@{version}: manifest.json does not match the digest recorded in {where} "
+                    f"({actual[:12]}… against {digest[:12]}…): refused, the version was altered after "
+                    "it was published"
+                )
+        return manifest
 
     # ---- resolving --------------------------------------------------------------------------
     def resolve(self, ref: str) -> ResolvedModel:
@@ -167,11 +224,23 @@ class ModelStore:
         else:
             key = self._alias_key(name, validate_alias(selector))
             try:
-                version = int(json.loads(self.storage.get(key))["version"])
+                raw = self.storage.get(key)
             except ObjectNotFound as exc:
                 raise ModelNotFound(f"model {name!r} has no alias {selector!r}") from exc
-        manifest = self.manifest(name, version)
-        return ResolvedModel(name=name, version=version, sha256=manifest.sha256)
+            doc = AliasDocument.parse(raw, self.storage.uri(key))
+            manifest = self.verified_manifest(
+                name, doc.version, {f"alias {name}@{selector}": doc.manifest_sha256}
+            )
+            if doc.sha256 != manifest.sha256:
+                raise ModelIntegrityError(
+                    f"{name}@{doc.version}: alias {name}@{selector} names model file {doc.sha256[:12]}…, the "
+                    f"manifest {manifest.sha256[:12]}…: refused"
+                )
+            return ResolvedModel(name, doc.version, manifest.sha256, manifest_digest(manifest))
+        manifest = self.verified_manifest(name, version, {})
+        return ResolvedModel(
+            name=name, version=version, sha256=manifest.sha256, manifest_sha256=manifest_digest(manifest)
+        )
 
     def file_uri(self, resolved: ResolvedModel) -> str:
         """Where the version's model file lives in object storage."""
@@ -261,14 +330,16 @@ class ModelStore:
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Point ``alias`` at ``version`` (which must be published)."""
-        manifest = self.manifest(validate_name(name), version)
+        manifest = self.verified_manifest(validate_name(name), version, {})
         key = self._alias_key(name, validate_alias(alias))
         previous = None
-        with contextlib.suppress(ObjectNotFound):
-            previous = json.loads(self.storage.get(key))["version"]
+        with contextlib.suppress(ObjectNotFound, ValueError, KeyError, TypeError):
+            old = json.loads(self.storage.get(key))["version"]
+            previous = old if isinstance(old, int) and not isinstance(old, bool) else None
         body = {
             "version": version,
             "sha256": manifest.sha256,
+            "manifest_sha256": manifest_digest(manifest),
             "previous": previous,
             "updated_at": dt.datetime.now(dt.UTC).isoformat(),
         }
@@ -279,7 +350,8 @@ class ModelStore:
     def pull(self, ref: str | ResolvedModel) -> PulledModel:
         """A local, sha256-verified copy of the model file (downloaded once per sha256)."""
         resolved = ref if isinstance(ref, ResolvedModel) else self.resolve(ref)
-        manifest = self.manifest(resolved.name, resolved.version)
+        pinned = {"the pinned model": resolved.manifest_sha256}
+        manifest = self.verified_manifest(resolved.name, resolved.version, pinned)
         if manifest.sha256 != resolved.sha256:
             raise ModelIntegrityError(
                 f"{resolved.ref}: manifest sha256 {manifest.sha256[:12]}… differs from the pinned "

@@ -14,9 +14,28 @@ from scheduler.summary import get_job
 FINAL = (JobStatus.FINISHED, JobStatus.CANCELLED, JobStatus.FAILED)
 
 
+def stall_advice(settings: Settings, job_id: str, stalled_s: float) -> str:
+    """What to tell an operator whose job has not moved for ``stalled_s`` seconds."""
+    from worker.app import queued_chunks
+
+    queued = queued_chunks(settings)
+    if queued == 0:
+        return (
+            f"job {job_id}: no progress for {stalled_s:.0f} s and the gpu queue is empty: its unfinished "
+            "chunks were lost with the broker or are stuck; run the same `cxr score` again to re-send them"
+        )
+    waiting = "an unknown number of" if queued is None else str(queued)
+    return (
+        f"job {job_id}: no progress for {stalled_s:.0f} s with {waiting} chunks queued: is a worker "
+        "running? start one with `celery -A worker worker -Q gpu`"
+    )
+
+
 def wait_for_job(settings: Settings, job_id: str, poll_s: float = 0.5, quiet: bool = False) -> JobStatus:
-    """Poll the job's counters until it is finished, cancelled or failed."""
+    """Poll the job's counters until it is finished, cancelled or failed; warn on stderr every
+    ``CXR_WAIT_STALL_WARN_S`` seconds without progress (a broker job only)."""
     console = Console(stderr=True)
+    last_done, stalled_since, warned = -1, time.monotonic(), time.monotonic()
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -40,4 +59,11 @@ def wait_for_job(settings: Settings, job_id: str, poll_s: float = 0.5, quiet: bo
             )
             if job.status in FINAL:
                 return job.status
+            now = time.monotonic()
+            if done != last_done:
+                last_done, stalled_since, warned = done, now, now
+            elif not settings.in_process and now - warned >= settings.wait_stall_warn_s:
+                advice = stall_advice(settings, job_id, now - stalled_since)
+                console.print(f"warning: {advice}", soft_wrap=True, markup=False, highlight=False)
+                warned = now  # once per stall period
             time.sleep(poll_s)

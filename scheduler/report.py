@@ -261,7 +261,7 @@ def render_html(settings: Settings, job_id: str) -> str:
 <p class="warn"><b>{html.escape(INTENDED_USE)}</b> These outputs are research results from a model
 trained on small public datasets; they are not diagnoses.</p>
 <p>Source <code>{html.escape(summary["source"])}</code> · model <code>{html.escape(summary["model"])}</code>
-· status {summary["status"]} · {summary["images_per_second"]} images/s</p>
+· status {summary["status"]} · {summary["images_per_second"]} images/s</p>{_frozen_note(summary)}
 <h2>Counts</h2><table>{counts}</table>
 <h2>Label distribution</h2>{chart}<table>{label_table}</table>
 <h2>Most confident positives</h2>{_gallery(settings, job_row, rows)}
@@ -296,6 +296,18 @@ def _shift_section(summary: dict[str, Any]) -> str:
     )
 
 
+def _frozen_note(summary: dict[str, Any]) -> str:
+    """A cancelled job is frozen at its cancel: chunks that were still running discard their
+    results, so the counts shown are final, and the page says when they were taken."""
+    if summary["status"] != "cancelled":
+        return ""
+    return (
+        f'<p class="warn">Cancelled at {html.escape(str(summary["finished_at"]))}: the counts are those at '
+        "cancel time and are final (chunks still running then discarded their results). Score the "
+        "source again to cover the rest: what was scored is skipped.</p>"
+    )
+
+
 def write_report(settings: Settings, job_id: str, local_path: Path | None = None) -> dict[str, Any]:
     """Write the CSV and HTML to object storage (and the HTML to ``local_path``); record the URI."""
     job = get_job(settings, job_id)
@@ -307,8 +319,11 @@ def write_report(settings: Settings, job_id: str, local_path: Path | None = None
     page = render_html(settings, job_id).encode("utf-8")
     html_uri = store.put(f"reports/jobs/{job_id}/report.html", page, "text/html")
     if local_path is not None:
-        local_path.parent.mkdir(parents=True, exist_ok=True)
-        local_path.write_bytes(page)
+        try:
+            local_path.parent.mkdir(parents=True, exist_ok=True)
+            local_path.write_bytes(page)
+        except OSError as exc:  # name the file: a write error alone does not
+            raise OSError(exc.errno, exc.strerror, str(local_path)) from exc
     with session_scope(settings) as session:
         session.get(Job, job_id).report_uri = html_uri
     return {"html": html_uri, "csv": csv_uri, "local": str(local_path) if local_path else None}

@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -16,6 +18,7 @@ from sqlalchemy import func, select
 from cxr.core.db.models import Chunk, Job, JobImage, Prediction
 from cxr.core.db.session import session_scope
 from cxr.core.settings import Settings
+from tests import services
 from tests import worker_support as support
 
 CXR = [sys.executable, "-m", "cxr.cli.main"]
@@ -31,6 +34,42 @@ def submit_job(settings: Settings, cli_dir: Path, source: str, model_ref: str, c
     )
     assert result.returncode == 0, result.stderr.decode(errors="replace")[-3000:]
     return json.loads(result.stdout)["job_id"]
+
+
+@contextlib.contextmanager
+def private_redis(workdir: Path) -> Iterator[str]:
+    """A ``redis-server`` of this test's own on a free port (no persistence); yields its URL.
+
+    Broker faults (a Redis that goes away, that is not there during submission) must not touch
+    the shared server other engineers' tests use."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        services.missing_service("redis-server")
+    port = services.free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=1)
+        support.wait_for(lambda: _pings(client), 20, "the private redis-server")
+        yield url
+    finally:
+        services.stop_process(process)
+
+
+def _pings(client: object) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())  # type: ignore[attr-defined]
+    except redis.exceptions.ConnectionError:
+        return False
 
 
 def chunk_states(settings: Settings, job_id: str) -> dict[int, tuple[str, int]]:

@@ -116,8 +116,8 @@ def worker_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "database_url", "storage_url", "s3_endpoint_url", "s3_access_key_id", "s3_secret_access_key",
         "s3_max_attempts", "broker_url", "broker_key_prefix", "metrics_port", "inference_batch_size",
         "decode_threads", "decode_niceness", "decode_timeout_s", "task_time_limit_s", "max_deliveries",
-        "task_max_retries", "retry_backoff_s", "retry_backoff_max_s", "patient_id_salt", "chunk_size",
-        "inference_threads", "shift_policy",
+        "task_max_retries", "chunk_lease_s", "retry_backoff_s", "retry_backoff_max_s", "patient_id_salt",
+        "chunk_size", "inference_threads", "shift_policy",
     ):  # fmt: skip
         value = getattr(settings, name)
         if value is not None:

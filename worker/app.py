@@ -102,3 +102,33 @@ def send_classify_chunk(
         CLASSIFY_CHUNK,
         kwargs={"job_id": job_id, "model": model, "uris": uris, "chunk_seq": chunk_seq},
     )
+
+
+def check_broker(settings: Settings, timeout_s: float = 5.0) -> None:
+    """Connect to the broker once, or raise ``TransientError`` naming it (masked)."""
+    from cxr.core.errors import TransientError
+    from cxr.core.settings import mask_url
+
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout_s)
+    except Exception as exc:
+        raise TransientError(
+            f"cannot reach the broker {mask_url(settings.broker_url or '')}: {' '.join(str(exc).split())}; "
+            "nothing was submitted. "
+            "Start it (or fix CXR_BROKER_URL) and run the same command again"
+        ) from exc
+
+
+def queued_chunks(settings: Settings) -> int | None:
+    """Messages waiting in the ``gpu`` queue, or None if the broker cannot say."""
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=5)
+            channel = connection.default_channel
+            size = getattr(channel, "_size", None)  # Redis: LLEN over the queue's priority lists
+            if size is not None:
+                return int(size("gpu"))
+            return int(channel.queue_declare("gpu", passive=True).message_count)
+    except Exception:
+        return None

@@ -16,15 +16,23 @@ from typing import Any
 
 from cxr.core.db.session import session_scope
 from cxr.core.errors import ModelStoreError
-from cxr.core.outcomes import FailureStage, Outcome
+from cxr.core.outcomes import FailureStage, Outcome, one_line
 from cxr.core.settings import Settings
 from cxr.core.storage.fetch import ObjectFetcher, process_fetcher
 from modelstore import ResolvedModel
+from modelstore.runtime import ModelRuntime
 from worker import metrics
-from worker.engine import classify_uris
-from worker.explaining import explain_options, explain_uris, record_artifacts, select_for_explanation
+from worker.engine import ChunkOutcome, classify_uris
+from worker.explaining import (
+    ExplainedImage,
+    explain_options,
+    explain_uris,
+    record_artifacts,
+    select_for_explanation,
+)
+from worker.lease import Claim, Heartbeat, claim, release
 from worker.model_cache import ModelCache, process_cache
-from worker.results import Delivery, give_up_chunk, record_delivery, scored_hashes, write_chunk
+from worker.results import give_up_chunk, scored_hashes, write_chunk
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +43,12 @@ class ChunkReport:
 
     job_id: str
     chunk_seq: int
-    status: str  # done | already-done | skipped | gave-up
+    status: str  # done | already-done | skipped | duplicate | gave-up
     scored: int = 0
     failed: int = 0
     seconds: float = 0.0
     reason: str = ""
+    retry_in: float = 0.0  # duplicate: when the live lease it found would run out
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -58,18 +67,40 @@ def run_classify_chunk(
 ) -> ChunkReport:
     """Score ``uris`` with the pinned ``model`` for ``job_id`` and record the results once.
 
-    ``attempt`` is the number of earlier retries after transient errors: those deliveries ended
-    cleanly, so they do not count towards ``max_deliveries``, which is about worker deaths.
+    Runs only under the chunk's lease (``worker.lease``): a delivery that finds the chunk final
+    or leased by a live holder returns at once (``already-done`` / ``duplicate``) and counts
+    nothing. ``attempt`` (earlier retries after transient errors) is kept for the task's own
+    retry limit; deaths are counted by the lease, not by starts.
     """
     started = time.perf_counter()
     spec = ResolvedModel.from_dict(model)
-    delivery = record_delivery(settings, job_id, chunk_seq, uris)
-    if not delivery.runnable:
-        log.info("skipping chunk %s/%d: %s", job_id, chunk_seq, delivery.reason)
-        return ChunkReport(job_id, chunk_seq, "skipped", reason=delivery.reason)
-    report = _give_up_if_poisoned(settings, job_id, chunk_seq, spec, uris, delivery, attempt)
-    if report is not None:
-        return report
+    taken = claim(settings, job_id, chunk_seq, uris)
+    if not taken.claimed:
+        log.info("not running chunk %s/%d: %s", job_id, chunk_seq, taken.reason)
+        status = {"final": "already-done", "duplicate": "duplicate"}.get(taken.status, "skipped")
+        return ChunkReport(job_id, chunk_seq, status, reason=taken.reason, retry_in=taken.retry_in)
+    try:
+        with Heartbeat(settings, job_id, chunk_seq, taken.owner):
+            return _run_claimed(settings, job_id, chunk_seq, spec, uris, taken, started, cache, fetcher)
+    finally:
+        release(settings, job_id, chunk_seq, taken.owner)  # a no-op once the chunk is final
+
+
+def _run_claimed(
+    settings: Settings,
+    job_id: str,
+    chunk_seq: int,
+    spec: ResolvedModel,
+    uris: Sequence[str],
+    taken: Claim,
+    started: float,
+    cache: ModelCache | None,
+    fetcher: ObjectFetcher | None,
+) -> ChunkReport:
+    if taken.deaths >= settings.max_deliveries:  # a poison chunk: it killed every holder
+        reason = f"worker died {taken.deaths} times on this chunk"
+        summary = give_up_chunk(settings, spec, job_id, chunk_seq, uris, FailureStage.WORKER, reason)
+        return ChunkReport(job_id, chunk_seq, "gave-up", failed=summary.failed, reason=reason)
 
     try:
         loaded = (cache or process_cache(settings)).get(spec)
@@ -82,48 +113,51 @@ def run_classify_chunk(
     outcome = classify_uris(
         uris, loaded, settings, fetcher, already_scored=functools.partial(scored_hashes, settings, spec)
     )
-    mode, method = explain_options(settings, job_id)
-    to_explain = select_for_explanation(settings, spec, outcome, mode, method)
-    explained = explain_uris(settings, spec, loaded, to_explain, method, fetcher) if to_explain else []
+    explained = _explain_isolated(settings, job_id, spec, loaded, outcome, fetcher)
     write_started = time.perf_counter()
     summary = write_chunk(settings, job_id, chunk_seq, spec, loaded.classes, outcome, explained)
     metrics.STAGE_DURATION.labels(stage="write").observe(time.perf_counter() - write_started)
     seconds = time.perf_counter() - started
-    if summary.already_done:
+    if summary.already_done or summary.outcome is None:
         log.info("chunk %s/%d was finished by another delivery; nothing written", job_id, chunk_seq)
         return ChunkReport(job_id, chunk_seq, "already-done", seconds=seconds)
 
+    written = summary.outcome
     metrics.CHUNK_DURATION.observe(seconds)
-    for result in outcome.scored:
+    for result in written.scored:
         metrics.count_images(spec, Outcome.SCORED, result.label)
-    for failure in outcome.failures:
+    for failure in written.failures:
         metrics.count_images(spec, Outcome.FAILED, failure.stage)
-    metrics.count_images(spec, Outcome.SKIPPED, "", len(outcome.skipped))
+    metrics.count_images(spec, Outcome.SKIPPED, "", len(written.skipped))
     log.info(
         "chunk %s/%d: %d scored, %d skipped, %d failed in %.2f s with %s@%d",
-        job_id, chunk_seq, summary.scored, summary.skipped, len(outcome.failures), seconds, spec.name,
+        job_id, chunk_seq, summary.scored, summary.skipped, len(written.failures), seconds, spec.name,
         spec.version,
     )  # fmt: skip
     return ChunkReport(job_id, chunk_seq, "done", summary.scored, summary.failed, seconds)
 
 
-def _give_up_if_poisoned(
+def _explain_isolated(
     settings: Settings,
     job_id: str,
-    chunk_seq: int,
     spec: ResolvedModel,
-    uris: Sequence[str],
-    delivery: Delivery,
-    attempt: int,
-) -> ChunkReport | None:
-    """After ``max_deliveries`` starts that never finished, record the images as failures."""
-    starts = delivery.deliveries - attempt
-    if starts <= settings.max_deliveries:
-        return None
-    deaths = starts - 1
-    reason = f"worker died {deaths} times on this chunk"
-    summary = give_up_chunk(settings, spec, job_id, chunk_seq, uris, FailureStage.WORKER, reason)
-    return ChunkReport(job_id, chunk_seq, "gave-up", failed=summary.failed, reason=reason)
+    loaded: ModelRuntime,
+    outcome: ChunkOutcome,
+    fetcher: ObjectFetcher,
+) -> list[ExplainedImage]:
+    """The chunk's explanations, or none: whatever goes wrong while explaining (the explainer
+    cannot be built, the store is full or unreachable, a transient error) is logged and counted,
+    and the chunk's predictions are committed regardless. Per-image errors are already handled
+    in ``explain_uris``; this is the net around the whole step."""
+    mode, method = explain_options(settings, job_id)
+    to_explain: list[str] = []
+    try:
+        to_explain = list(select_for_explanation(settings, spec, outcome, mode, method))
+        return explain_uris(settings, spec, loaded, to_explain, method, fetcher) if to_explain else []
+    except Exception as exc:
+        log.error("chunk %s: explanations failed, predictions kept: %s", job_id, one_line(exc))
+        metrics.EXPLANATIONS.labels(spec.name, str(spec.version), method, "failed").inc(len(to_explain))
+        return []
 
 
 def run_explain_chunk(

@@ -1,10 +1,16 @@
-"""SQL side of a chunk: counting deliveries, writing results once, giving up on poison chunks.
+"""SQL side of a chunk: writing results once, giving up on poison chunks. (Who may run a chunk
+at all is decided by its lease: ``worker.lease``.)
 
 Idempotency under ``acks_late``: the chunk row is the unit. Its results (images, predictions,
 failures, job counters) are written in one transaction that first locks the chunk row and
 returns without writing if the chunk is already done, and the rows themselves are inserted with
 ``ON CONFLICT DO NOTHING``. A chunk delivered twice therefore counts once and stores one
 prediction per image, even if both deliveries run at the same time.
+
+Counting by content: the first writer of (image sha256, model version) scores it. Whether this
+chunk was first is the prediction INSERT's own answer (``RETURNING`` the rows it inserted), not a
+read before it: an image whose prediction another chunk or job committed first (identical bytes
+under another name, scored at the same moment) is counted ``skipped`` (already scored).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cxr.core.db.jobs import add_to_counters
@@ -23,18 +29,16 @@ from cxr.core.db.models import (
     ChunkStatus,
     Failure,
     Image,
-    Job,
     JobImage,
-    JobStatus,
     Prediction,
     utcnow,
 )
-from cxr.core.db.session import get_engine, insert_ignoring_conflicts, session_scope
-from cxr.core.outcomes import FailureStage, Outcome
+from cxr.core.db.session import get_engine, insert_ignoring_conflicts, insert_returning, session_scope
+from cxr.core.outcomes import FailureStage, Outcome, SkipReason
 from cxr.core.settings import Settings
 from modelstore import ResolvedModel
 from worker import metrics
-from worker.engine import ChunkOutcome, ImageFailure
+from worker.engine import ChunkOutcome, ImageFailure, SkippedImage
 from worker.explaining import ExplainedImage, record_artifacts
 
 log = logging.getLogger(__name__)
@@ -44,20 +48,13 @@ _FINAL = (ChunkStatus.DONE, ChunkStatus.FAILED)
 
 
 @dataclass(frozen=True)
-class Delivery:
-    """What the worker learnt when it started a chunk."""
-
-    deliveries: int  # starts of this chunk so far, this one included
-    runnable: bool  # False: the job is gone or cancelled, or the chunk is already finished
-    reason: str = ""
-
-
-@dataclass(frozen=True)
 class WriteSummary:
     scored: int
     failed: int
     already_done: bool = False
     skipped: int = 0
+    #: What was really committed: scored images another writer had scored first moved to skipped.
+    outcome: ChunkOutcome | None = None
 
 
 def scored_hashes(settings: Settings, spec: ResolvedModel, sha256s: Sequence[str]) -> set[str]:
@@ -91,39 +88,6 @@ def _job_image_rows(job_id: str, chunk_seq: int, outcome: ChunkOutcome) -> list[
             },
         )  # fmt: skip
     return list(rows.values())
-
-
-def record_delivery(settings: Settings, job_id: str, chunk_seq: int, uris: Sequence[str]) -> Delivery:
-    """Create the chunk row if the scheduler did not, and count this start in its own transaction.
-
-    Committed before any work, so that a worker killed by the chunk (out of memory, a segfault
-    in a decoder) still leaves the count behind for the next delivery to see.
-    """
-    with session_scope(settings) as session:
-        job = session.get(Job, job_id)
-        if job is None:
-            return Delivery(0, False, f"job {job_id} does not exist")
-        if job.status in (JobStatus.CANCELLED, JobStatus.FAILED):
-            return Delivery(0, False, f"job {job_id} is {job.status.value}")
-        insert_ignoring_conflicts(
-            session,
-            Chunk,
-            [{"job_id": job_id, "seq": chunk_seq, "uris": list(uris), "status": ChunkStatus.QUEUED}],
-        )
-        deliveries, status = session.execute(
-            update(Chunk)
-            .where(Chunk.job_id == job_id, Chunk.seq == chunk_seq)
-            .values(deliveries=Chunk.deliveries + 1, started_at=utcnow())
-            .returning(Chunk.deliveries, Chunk.status)
-        ).one()
-        if status in _FINAL:
-            return Delivery(deliveries, False, f"chunk {job_id}/{chunk_seq} is already {status.value}")
-        session.execute(
-            update(Chunk)
-            .where(Chunk.job_id == job_id, Chunk.seq == chunk_seq)
-            .values(status=ChunkStatus.RUNNING)
-        )
-        return Delivery(deliveries, True)
 
 
 def _lock_chunk(session: Session, job_id: str, chunk_seq: int) -> Chunk | None:
@@ -198,17 +162,48 @@ def write_chunk(
                 },
             )
         insert_ignoring_conflicts(session, Image, list(images.values()))
-        insert_ignoring_conflicts(session, Prediction, list(predictions.values()))
+        first = set(
+            insert_returning(session, Prediction, list(predictions.values()), Prediction.image_sha256)
+        )
+        outcome = _count_by_content(outcome, first)
         record_artifacts(session, job_id, spec, explained)
         failed = insert_ignoring_conflicts(session, Failure, _failure_rows(job_id, outcome.failures))
         insert_ignoring_conflicts(session, JobImage, _job_image_rows(job_id, chunk_seq, outcome))
-        add_to_counters(
-            session, job_id, scored=len(outcome.scored), failed=failed, skipped=len(outcome.skipped)
-        )
-        if chunk is not None:
-            chunk.status = ChunkStatus.DONE
-            chunk.finished_at = utcnow()
-        return WriteSummary(len(outcome.scored), failed, skipped=len(outcome.skipped))
+        _close_chunk(session, chunk, ChunkStatus.DONE)
+        counts = {"scored": len(outcome.scored), "failed": failed, "skipped": len(outcome.skipped)}
+        if not add_to_counters(session, job_id, **counts):
+            session.rollback()  # cancelled meanwhile: the job stays as it was at cancel time
+            log.info("job %s ended before chunk %d was written; results discarded", job_id, chunk_seq)
+            return WriteSummary(0, 0, already_done=True)
+        return WriteSummary(len(outcome.scored), failed, skipped=len(outcome.skipped), outcome=outcome)
+
+
+def _count_by_content(outcome: ChunkOutcome, first: set[str]) -> ChunkOutcome:
+    """``outcome`` with every scored image whose prediction this transaction did not insert
+    (another chunk or job committed the same bytes with the same version first) as skipped."""
+    late = [r for r in outcome.scored if r.image.sha256 not in first]
+    if not late:
+        return outcome
+    return ChunkOutcome(
+        scored=[r for r in outcome.scored if r.image.sha256 in first],
+        failures=outcome.failures,
+        skipped=[
+            *outcome.skipped,
+            *(SkippedImage(r.image.uri, r.image.sha256, SkipReason.ALREADY_SCORED) for r in late),
+        ],
+    )
+
+
+def _close_chunk(session: Session, chunk: Chunk | None, status: ChunkStatus) -> None:
+    """Mark the chunk final and drop its lease, before the counters: a job is finished only
+    once every chunk row is final, and that is checked by the counter update."""
+    if chunk is None:
+        return
+    chunk.status = status
+    chunk.finished_at = utcnow()
+    chunk.lease_owner = None
+    chunk.lease_expires_at = None
+    session.flush()
 
 
 def give_up_chunk(
@@ -230,10 +225,10 @@ def give_up_chunk(
             return WriteSummary(0, 0, already_done=True)
         failed = insert_ignoring_conflicts(session, Failure, _failure_rows(job_id, outcome.failures))
         insert_ignoring_conflicts(session, JobImage, _job_image_rows(job_id, chunk_seq, outcome))
-        add_to_counters(session, job_id, failed=failed)
-        if chunk is not None:
-            chunk.status = ChunkStatus.FAILED
-            chunk.finished_at = utcnow()
+        _close_chunk(session, chunk, ChunkStatus.FAILED)
+        if not add_to_counters(session, job_id, failed=failed):
+            session.rollback()  # cancelled meanwhile: nothing recorded after the cancel
+            return WriteSummary(0, 0, already_done=True)
     metrics.count_images(spec, Outcome.FAILED, stage, failed)
     log.warning("gave up chunk %s/%d (%d images): %s", job_id, chunk_seq, len(uris), reason)
     return WriteSummary(0, failed)

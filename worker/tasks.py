@@ -63,6 +63,14 @@ def classify_chunk(self: Task, job_id: str, model: dict[str, Any], uris: list[st
         delay = retry_delay(retries, settings)
         log.warning("chunk %s/%d: %s; retry %d in %.1f s", job_id, chunk_seq, exc, retries + 1, delay)
         raise self.retry(exc=exc, countdown=delay) from exc
+    if report.status == "duplicate":
+        # Another worker holds a live lease on this chunk. Nothing is counted; this copy comes
+        # back when that lease would run out, so a holder that dies meanwhile still has its
+        # chunk taken over (and the copy is a no-op if the holder finishes).
+        classify_chunk.apply_async(
+            kwargs={"job_id": job_id, "model": model, "uris": uris, "chunk_seq": chunk_seq},
+            countdown=report.retry_in,
+        )
     return report.as_dict()
 
 

@@ -11,6 +11,7 @@ import click
 from cxr import __version__
 from cxr.cli.config_cmd import config
 from cxr.cli.db_cmd import db
+from cxr.cli.errors import CxrGroup
 from cxr.cli.explain_cmd import explain
 from cxr.cli.exporter_cmd import exporter
 from cxr.cli.jobs_cmd import jobs
@@ -20,7 +21,7 @@ from cxr.cli.score_cmd import score
 from cxr.cli.train_cmd import evaluate, train
 
 
-@click.group()
+@click.group(cls=CxrGroup)
 @click.version_option(__version__, prog_name="cxr")
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 def cli(verbose: bool) -> None:

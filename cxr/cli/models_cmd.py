@@ -28,25 +28,38 @@ def models() -> None:
 @json_option
 @handle_errors
 def list_models(as_json: bool) -> None:
-    """Every model with its versions and aliases."""
+    """Every model with its versions and aliases. A model or alias whose documents are broken is
+    reported on stderr (and under ``problems`` in JSON); the others are still listed."""
+    from cxr.core.errors import ModelStoreError
+
     store = _store()
     rows = []
+    problems: list[str] = []
     for name in store.names():
         versions = store.versions(name)
-        latest = store.manifest(name, versions[-1])
+        try:
+            latest = store.manifest(name, versions[-1])
+        except ModelStoreError as exc:
+            problems.append(f"model {name}: {exc}")
+            continue
+        broken = store.alias_problems(name)
+        problems.extend(f"alias {name}@{alias}: {why}" for alias, why in sorted(broken.items()))
         rows.append(
             {
                 "name": name,
                 "versions": versions,
                 "latest": versions[-1],
                 "aliases": store.aliases(name),
+                "broken_aliases": sorted(broken),
                 "architecture": latest.architecture,
                 "classes": latest.classes,
                 "created_at": latest.created_at.isoformat(),
             }
         )
+    for problem in problems:
+        click.echo(f"warning: {problem}", err=True)
     if as_json:
-        emit_json({"models": rows})
+        emit_json({"models": rows, "problems": problems})
         return
     table = Table("name", "latest", "versions", "aliases", "architecture", "classes")
     for row in rows:

@@ -15,7 +15,8 @@ from cxr.explain.methods import EXPLAIN_MODES, METHODS  # NumPy only
 @click.command()
 @click.argument("source")
 @click.option("--model", "model_ref", required=True, help="NAME@ALIAS, NAME@VERSION or NAME@latest.")
-@click.option("--chunk-size", type=int, default=None, help="Images per task (default CXR_CHUNK_SIZE).")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=None,
+              help="Images per task (default CXR_CHUNK_SIZE).")  # fmt: skip
 @click.option("--explain", type=click.Choice(EXPLAIN_MODES), default="none", show_default=True,
               help="Which images get a heatmap, overlay and regions of interest.")  # fmt: skip
 @click.option("--explain-method", type=click.Choice(list(METHODS)),
@@ -59,7 +60,12 @@ def score(
     if not settings.in_process and not wait:
         console.print(f"follow it with: cxr jobs show {submitted.job_id}")
         if as_json:
-            emit_json({"job_id": submitted.job_id, "model": submitted.model.ref, "total": submitted.total})
+            emit_json(
+                {
+                    "job_id": submitted.job_id, "model": submitted.model.ref, "total": submitted.total,
+                    "resumed": submitted.resumed, "chunks_sent": submitted.chunks_sent,
+                }
+            )  # fmt: skip
         return
     final = wait_for_job(settings, submitted.job_id, quiet=as_json)
     report = write_report(settings, submitted.job_id, report_path)

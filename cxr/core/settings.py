@@ -136,6 +136,19 @@ class Settings(BaseSettings):
         description="Times a chunk may be started without finishing (its worker died or was "
         "killed) before its images are recorded as failures instead of retried forever.",
     )
+    chunk_lease_s: int = Field(
+        default=60,
+        ge=2,
+        description="Lease a worker holds on a running chunk, renewed every third of it while "
+        "the chunk runs. A delivery that finds a live lease is a duplicate (deferred, not "
+        "counted); a lease that ran out without being released means its holder died.",
+    )
+    wait_stall_warn_s: int = Field(
+        default=120,
+        ge=1,
+        description="`cxr score --wait` warns (and says what to run) after this many seconds "
+        "without progress: no worker taking the queued chunks, or chunks lost with the broker.",
+    )
     task_max_retries: int = Field(
         default=6,
         ge=0,

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import sqlalchemy as sa
 
@@ -42,3 +44,42 @@ def test_migrations_on_fresh_postgresql(tmp_path):
     finally:
         dispose_engines()
         services.drop_pg_database(url)
+
+
+def test_0007_backfills_job_identities_and_manifest_digests(tmp_path):
+    """Unfinished jobs from before 0007: the newest of an identity holds it, so it is still
+    resumed; versions published before get the digest of the manifest SQL recorded."""
+    from cxr.core.db.jobs import job_identity
+    from modelstore.integrity import manifest_digest
+
+    settings = Settings(data_dir=tmp_path)
+    upgrade("0006", settings)
+    manifest = {"name": "m", "version": 1, "classes": ["a", "b"], "sha256": "0" * 64, "metrics": [{"n": 1}]}
+    engine = sa.create_engine(settings.database_url)
+    with engine.begin() as connection:
+        for job_id, created, status in (("old", "2026-01-01", "running"), ("new", "2026-01-02", "pending"),
+                                        ("done", "2026-01-03", "finished")):  # fmt: skip
+            connection.execute(
+                sa.text(
+                    "INSERT INTO jobs (id, status, source, model_name, model_version, model_sha256, options, "
+                    "total, enqueued, scored, skipped, failed, created_at, updated_at) VALUES (:id, :status, "
+                    "'file:///a', 'm', 1, :sha, :options, 0, 0, 0, 0, 0, :created, :created)"
+                ),
+                {"id": job_id, "status": status, "sha": "0" * 64, "options": '{"explain": "none"}',
+                 "created": created},
+            )  # fmt: skip
+        connection.execute(
+            sa.text(
+                "INSERT INTO model_versions (name, version, sha256, uri, architecture, classes, manifest, "
+                "created_at) VALUES ('m', 1, :sha, 'u', 'x', '[]', :manifest, '2026-01-01')"
+            ),
+            {"sha": "0" * 64, "manifest": json.dumps(manifest)},
+        )
+    upgrade(settings=settings)
+    with engine.connect() as connection:
+        identities = dict(connection.execute(sa.text("SELECT id, active_identity FROM jobs")).all())
+        digest = connection.scalar(sa.text("SELECT manifest_sha256 FROM model_versions"))
+    engine.dispose()
+    dispose_engines()
+    assert identities == {"new": job_identity("file:///a", "m", 1, "none"), "old": None, "done": None}
+    assert digest == manifest_digest(manifest)

@@ -35,7 +35,7 @@ def test_import_then_list_json(tmp_path, suffix):
     assert listed["models"] == [
         {
             "name": "seed-cnn", "versions": [1], "latest": 1, "aliases": {"production": 1},
-            "architecture": "imported", "classes": ["covid", "normal", "pneumonia"],
+            "broken_aliases": [], "architecture": "imported", "classes": ["covid", "normal", "pneumonia"],
             "created_at": listed["models"][0]["created_at"],
         }
     ]  # fmt: skip
@@ -60,4 +60,7 @@ def test_errors_are_one_clean_line(tmp_path):
                       "--image-size", "32", data_dir=data, check=False)  # fmt: skip
     assert refused.returncode == 1
     assert "safe mode" in refused.stderr and "Traceback" not in refused.stderr
-    assert json.loads(run_cxr("models", "list", "--json", data_dir=data).stdout) == {"models": []}
+    assert json.loads(run_cxr("models", "list", "--json", data_dir=data).stdout) == {
+        "models": [],
+        "problems": [],
+    }

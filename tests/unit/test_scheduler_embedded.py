@@ -126,3 +126,72 @@ def test_explanations_are_written_once_with_the_chunk_and_shown_in_the_report(se
     assert explained == 0  # a missing file is logged, not raised
     with session_scope(settings) as session:
         assert session.scalar(select(func.count()).select_from(Artifact)) == 12  # nothing doubled
+
+
+def test_the_database_allows_one_unfinished_job_per_identity(tmp_path):
+    """What two racing schedulers meet: the second insert of the same identity gets the first
+    job; once that job ends, the identity is free for a new one."""
+    from cxr.core.db.migrate import upgrade
+    from cxr.core.settings import Settings
+    from modelstore import ResolvedModel
+    from scheduler.submit import cancel, create_job
+
+    settings = Settings(data_dir=tmp_path / "data")
+    upgrade(settings=settings)
+    model = ResolvedModel("m", 1, "0" * 64)
+    first = create_job(settings, "file:///a", model, {"explain": "none"})
+    second = create_job(settings, "file:///a", model, {"explain": "none"})
+    other = create_job(settings, "file:///a", model, {"explain": "all"})
+    assert first[1] and second == (first[0], False) and other[1] and other[0] != first[0]
+    cancel(settings, first[0])
+    third = create_job(settings, "file:///a", model, {"explain": "none"})
+    assert third[1] and third[0] != first[0]
+
+
+def test_a_resume_does_not_resend_a_chunk_running_under_a_live_lease(tmp_path):
+    from cxr.core.db.migrate import upgrade
+    from cxr.core.settings import Settings
+    from modelstore import ResolvedModel
+    from scheduler.submit import _prepare_chunk, create_job
+    from worker.lease import claim, release
+
+    settings = Settings(data_dir=tmp_path / "data")
+    upgrade(settings=settings)
+    job_id, _ = create_job(settings, "file:///a", ResolvedModel("m", 1, "0" * 64), {"explain": "none"})
+    uris = ["file:///a/1.png", "file:///a/2.png"]
+    assert _prepare_chunk(settings, job_id, 0, uris)  # created: send it
+    assert _prepare_chunk(settings, job_id, 0, uris)  # queued (perhaps lost with the broker): send again
+    holder = claim(settings, job_id, 0, uris)
+    assert holder.claimed and not _prepare_chunk(settings, job_id, 0, uris)  # running: its holder finishes it
+    release(settings, job_id, 0, holder.owner)
+    assert _prepare_chunk(settings, job_id, 0, uris)
+
+
+def test_a_job_is_not_finished_while_a_chunk_row_is_not_final(tmp_path):
+    """Counters that reach the total early (a miscount, a source that grew) cannot close a job
+    whose last chunk is still being written."""
+    from sqlalchemy import update
+
+    from cxr.core.db.jobs import add_to_counters
+    from cxr.core.db.migrate import upgrade
+    from cxr.core.db.models import Chunk, ChunkStatus, Job, JobStatus
+    from cxr.core.db.session import session_scope
+    from cxr.core.settings import Settings
+    from modelstore import ResolvedModel
+    from scheduler.submit import _close_walk, _prepare_chunk, create_job
+
+    settings = Settings(data_dir=tmp_path / "data")
+    upgrade(settings=settings)
+    job_id, _ = create_job(settings, "file:///a", ResolvedModel("m", 1, "0" * 64), {"explain": "none"})
+    _prepare_chunk(settings, job_id, 0, ["file:///a/1.png"])
+    _close_walk(settings, job_id, 1)
+    with session_scope(settings) as session:
+        add_to_counters(session, job_id, scored=1)
+    with session_scope(settings) as session:
+        assert session.get(Job, job_id).status == JobStatus.RUNNING
+        session.execute(update(Chunk).where(Chunk.job_id == job_id).values(status=ChunkStatus.DONE))
+    with session_scope(settings) as session:
+        add_to_counters(session, job_id)
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        assert (job.status, job.active_identity) == (JobStatus.FINISHED, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import sys
@@ -10,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from cxr.core.db.models import Chunk, ChunkStatus, Failure, Job, JobImage, Prediction
+from cxr.core.db.models import Chunk, ChunkStatus, Failure, Job, JobImage, Prediction, utcnow
 from cxr.core.db.session import session_scope
 from cxr.core.settings import Settings
 from cxr.core.storage.fetch import ObjectFetcher
@@ -20,8 +21,8 @@ from modelstore import ResolvedModel, open_model_store
 from tests import worker_support as support
 from worker.chunk import run_classify_chunk
 from worker.engine import _lower_thread_priority, classify_uris
+from worker.lease import claim, release
 from worker.model_cache import ModelCache
-from worker.results import record_delivery
 
 
 @pytest.fixture(scope="module")
@@ -169,20 +170,46 @@ def test_same_chunk_twice_stores_one_prediction_per_image_and_counts_once(settin
     counters = job_counters(settings, job_id)
     second = run_classify_chunk(settings, job_id, model, uris, 0, cache=cache)
 
-    assert first.status == "done" and second.status == "skipped"
+    assert first.status == "done" and second.status == "already-done"
     assert job_counters(settings, job_id) == counters == (3, 1, "finished")
     with session_scope(settings) as session:
         assert session.scalar(select(func.count()).select_from(Prediction)) == 3
         assert session.scalar(select(func.count()).select_from(Failure)) == 1
         chunk = session.scalars(select(Chunk)).one()
-        assert (chunk.status, chunk.deliveries) == (ChunkStatus.DONE, 2)
+        assert (chunk.status, chunk.deliveries, chunk.deaths) == (ChunkStatus.DONE, 1, 0)
+
+
+def _die_holding(settings, job_id: str, seq: int, uris: list[str]) -> None:
+    """A start whose worker died: the lease is taken and never released, and it runs out."""
+    assert claim(settings, job_id, seq, uris).claimed
+    with session_scope(settings) as session:
+        session.execute(
+            update(Chunk)
+            .where(Chunk.job_id == job_id, Chunk.seq == seq)
+            .values(lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+
+
+def test_a_delivery_that_finds_a_live_lease_is_a_duplicate_and_counts_nothing(settings, model, tmp_path):
+    uris = write_images(tmp_path / "images", [support.synthetic_png(0)])
+    job_id = support.create_job(settings, model, total=1)
+    holder = claim(settings, job_id, 0, uris)
+    for _ in range(settings.max_deliveries + 2):
+        report = run_classify_chunk(settings, job_id, model, uris, 0, cache=ModelCache(settings))
+        assert report.status == "duplicate" and report.retry_in > 0
+    release(settings, job_id, 0, holder.owner)  # the holder ended cleanly without finishing
+    report = run_classify_chunk(settings, job_id, model, uris, 0, cache=ModelCache(settings))
+    assert report.status == "done"
+    with session_scope(settings) as session:
+        chunk = session.scalars(select(Chunk)).one()
+        assert (chunk.deliveries, chunk.deaths, chunk.lease_owner) == (2, 0, None)
 
 
 def test_a_chunk_that_killed_its_worker_too_often_is_given_up(settings, model, tmp_path):
     uris = write_images(tmp_path / "images", [support.synthetic_png(s) for s in range(2)])
     job_id = support.create_job(settings, model, total=2)
     for _ in range(settings.max_deliveries):  # starts that never finished: the worker died
-        record_delivery(settings, job_id, 0, uris)
+        _die_holding(settings, job_id, 0, uris)
 
     report = run_classify_chunk(settings, job_id, model, uris, 0, cache=ModelCache(settings))
 
@@ -197,8 +224,8 @@ def test_a_chunk_that_killed_its_worker_too_often_is_given_up(settings, model, t
 def test_retried_deliveries_do_not_count_as_deaths(settings, model, tmp_path):
     uris = write_images(tmp_path / "images", [support.synthetic_png(0)])
     job_id = support.create_job(settings, model, total=1)
-    for _ in range(settings.max_deliveries):
-        record_delivery(settings, job_id, 0, uris)
+    for _ in range(settings.max_deliveries):  # starts that ended in a retry released the lease
+        release(settings, job_id, 0, claim(settings, job_id, 0, uris).owner)
 
     report = run_classify_chunk(
         settings, job_id, model, uris, 0, attempt=settings.max_deliveries, cache=ModelCache(settings)
@@ -343,3 +370,51 @@ def test_decode_threads_run_nicer_than_the_model():
     thread.join()
     assert seen == [min(before + 7, 19)]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before  # caller untouched
+
+
+def test_a_chunk_that_ends_after_its_job_was_cancelled_adds_nothing(settings, model, tmp_path):
+    """Cancel freezes the job: the report written at cancel time stays exact."""
+    from scheduler.submit import cancel
+    from worker.results import write_chunk
+
+    uris = write_images(tmp_path / "images", [support.synthetic_png(s) for s in range(2)])
+    job_id = support.create_job(settings, model, total=2)
+    spec = ResolvedModel.from_dict(model)
+    assert claim(settings, job_id, 0, uris).claimed
+    runtime = ModelCache(settings).get(spec)
+    outcome = classify_uris(uris, runtime, settings, ObjectFetcher(settings))
+    assert cancel(settings, job_id)  # while the chunk ran
+
+    summary = write_chunk(settings, job_id, 0, spec, runtime.classes, outcome)
+
+    assert summary.already_done and predictions(settings, job_id) == {}
+    assert job_counters(settings, job_id) == (0, 0, "cancelled")
+
+
+def test_the_insert_decides_who_scores_identical_bytes_not_a_read_before_it(settings, model, tmp_path):
+    """Two chunks holding the same bytes under other names both pass the "already scored?" read
+    (neither has committed), both infer; the one whose prediction INSERT lands first scores,
+    the other counts its images skipped: the race made deterministic."""
+    from worker.results import write_chunk
+
+    images = [support.synthetic_png(s) for s in range(3)]
+    first_uris = write_images(tmp_path / "a", images)
+    second_uris = write_images(tmp_path / "b", images)
+    job_id = support.create_job(settings, model, total=6)
+    spec = ResolvedModel.from_dict(model)
+    runtime = ModelCache(settings).get(spec)
+    outcomes = [
+        classify_uris(uris, runtime, settings, ObjectFetcher(settings)) for uris in (first_uris, second_uris)
+    ]
+    assert [len(o.scored) for o in outcomes] == [3, 3]  # both computed before either wrote
+
+    first = write_chunk(settings, job_id, 0, spec, runtime.classes, outcomes[0])
+    second = write_chunk(settings, job_id, 1, spec, runtime.classes, outcomes[1])
+
+    assert (first.scored, first.skipped, second.scored, second.skipped) == (3, 0, 0, 3)
+    assert len(predictions(settings, job_id)) == 3
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        assert (job.scored, job.skipped) == (3, 3)
+        reasons = set(session.scalars(select(JobImage.reason).where(JobImage.chunk_seq == 1)))
+    assert reasons == {"already scored by this model version"}

@@ -5,22 +5,41 @@ so any number of workers can count at once. A job is finished by whoever brings 
 counters up to its total, and only once the scheduler has said what the total is (status
 ``running``): a worker that finishes early chunks while the walk is still going on cannot close
 the job.
+
+A job is finished only when, besides the counters, every one of its chunk rows is final: a
+counter sum that reaches the total early (a source that grew, a miscount) cannot close a job
+whose last chunk is still being written.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import update
+import hashlib
+
+from sqlalchemy import exists, update
 from sqlalchemy.orm import Session
 
-from cxr.core.db.models import Job, JobStatus, utcnow
+from cxr.core.db.models import Chunk, ChunkStatus, Job, JobStatus, utcnow
+
+FINAL_CHUNK = (ChunkStatus.DONE, ChunkStatus.FAILED)
+
+
+def job_identity(source: str, model_name: str, model_version: int, explain: str) -> str:
+    """What makes two submissions the same job (kept in ``jobs.active_identity`` while the job
+    is unfinished; the 0006 migration computes it the same way)."""
+    text = "\x1f".join([source, model_name, str(model_version), explain])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def add_to_counters(
     session: Session, job_id: str, *, scored: int = 0, skipped: int = 0, failed: int = 0
-) -> None:
-    session.execute(
+) -> bool:
+    """Add to the job's counters; False (nothing added) if the job is no longer pending or
+    running. The condition is evaluated under the job row's lock, after any concurrent cancel
+    commits, so a caller that rolls back on False can never add results to a cancelled job: a
+    cancel freezes the job, and the report written at cancel time stays exact."""
+    result = session.execute(
         update(Job)
-        .where(Job.id == job_id)
+        .where(Job.id == job_id, Job.status.in_((JobStatus.PENDING, JobStatus.RUNNING)))
         .values(
             scored=Job.scored + scored,
             skipped=Job.skipped + skipped,
@@ -29,6 +48,7 @@ def add_to_counters(
         )
     )
     finish_if_complete(session, job_id)
+    return bool(result.rowcount)
 
 
 def finish_if_complete(session: Session, job_id: str) -> None:
@@ -38,6 +58,7 @@ def finish_if_complete(session: Session, job_id: str) -> None:
             Job.id == job_id,
             Job.status == JobStatus.RUNNING,
             Job.scored + Job.skipped + Job.failed >= Job.total,
+            ~exists().where(Chunk.job_id == job_id, Chunk.status.not_in(FINAL_CHUNK)),
         )
-        .values(status=JobStatus.FINISHED, finished_at=utcnow())
+        .values(status=JobStatus.FINISHED, finished_at=utcnow(), active_identity=None)
     )

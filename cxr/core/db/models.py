@@ -85,6 +85,9 @@ class ModelVersion(Base):
     classes: Mapped[list[Any]] = mapped_column(JSON)
     parent_version: Mapped[int | None] = mapped_column(Integer)
     manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: ``modelstore.integrity.manifest_digest`` at publish: resolve and pull refuse a manifest
+    #: in the object store that no longer matches it.
+    manifest_sha256: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -150,14 +153,24 @@ class Job(Base):
     skipped: Mapped[int] = mapped_column(Integer, default=0)  # already scored by this version
     failed: Mapped[int] = mapped_column(Integer, default=0)
     report_uri: Mapped[str | None] = mapped_column(Text)
+    #: ``job_identity(...)`` while the job is pending or running, NULL once it ended. Unique, so
+    #: two schedulers racing to create the same job cannot both succeed: the loser resumes the
+    #: winner's job (``scheduler.submit``).
+    active_identity: Mapped[str | None] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Chunk(Base):
-    """A task's worth of images. ``deliveries`` counts how often a worker started it, so a
-    chunk that kills its worker is given up after N tries instead of looping forever."""
+    """A task's worth of images.
+
+    A worker runs a chunk only while it holds the chunk's *lease* (``lease_owner`` until
+    ``lease_expires_at``, renewed by a heartbeat while it runs, released when it ends). A delivery
+    that finds a live lease or a final status is a duplicate and does no work. ``deliveries``
+    counts the starts that took the lease; ``deaths`` those that took it from a holder that never
+    released it (it died), so a chunk that kills its worker is given up after
+    ``CXR_MAX_DELIVERIES`` deaths instead of looping forever, and duplicates never count."""
 
     __tablename__ = "chunks"
     __table_args__ = (UniqueConstraint("job_id", "seq"),)
@@ -171,6 +184,9 @@ class Chunk(Base):
         default=ChunkStatus.QUEUED,
     )
     deliveries: Mapped[int] = mapped_column(Integer, default=0)
+    deaths: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 

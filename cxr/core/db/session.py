@@ -94,6 +94,16 @@ def insert_ignoring_conflicts(session: Session, model: type, rows: list[dict[str
     """
     if not rows:
         return 0
+    table = model.__table__  # type: ignore[attr-defined]
+    return len(insert_returning(session, model, rows, *table.primary_key.columns))
+
+
+def insert_returning(session: Session, model: type, rows: list[dict[str, Any]], *columns: Any) -> list[Any]:
+    """INSERT rows ``ON CONFLICT DO NOTHING`` and return ``columns`` (the first one alone if only
+    one is named) of the rows that were really inserted: the insert itself says who was first,
+    with no read before it that a concurrent writer could invalidate."""
+    if not rows:
+        return []
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
@@ -102,5 +112,6 @@ def insert_ignoring_conflicts(session: Session, model: type, rows: list[dict[str
     else:  # pragma: no cover - only the two supported databases reach here
         raise NotImplementedError(f"unsupported database dialect {dialect!r}")
     table = model.__table__  # type: ignore[attr-defined]
-    statement = dialect_insert(table).on_conflict_do_nothing().returning(*table.primary_key.columns)
-    return len(session.execute(statement, rows).all())
+    statement = dialect_insert(table).on_conflict_do_nothing().returning(*columns)
+    result = session.execute(statement, rows).all()
+    return [row[0] for row in result] if len(columns) == 1 else list(result)
