@@ -95,13 +95,15 @@ class Explainer:
         self, images: Sequence[np.ndarray], *, class_name: str | None = None, layer: str | None = None
     ) -> list[ImageExplanation]:
         """Explain float32 (H, W) [0, 1] images at their original sizes."""
-        batch = np.stack([self.runtime.preprocess(pixels) for pixels in images])
+        prepared = [self.runtime.preprocess_region(pixels) for pixels in images]
+        batch = np.stack([tensor for tensor, _ in prepared])
         result = self.method(ClassScore(self.class_index(class_name)), batch, layer)
         probabilities = class_probabilities(np.asarray(result.probabilities, np.float64), self.runtime.output)
         predicted = self.runtime.label_indices(probabilities)
         explained = []
         for i, pixels in enumerate(images):
-            where = placement(self.contract, *pixels.shape)
+            region = prepared[i][1]
+            where = placement(self.contract, *pixels.shape, crop=region.box if region else None)
             heatmap = result.maps[i]
             explained.append(
                 ImageExplanation(

@@ -26,6 +26,26 @@ Contrast = Literal["none", "clahe"]
 RETIRED_FIELDS = frozenset({"grayscale_to_channels", "dtype"})
 
 
+#: The lung step (``cxr.core.imaging.lungs``): none; box: crop to the lungs' bounding box grown by
+#: ``lung_margin``; mask: that crop with everything outside the lungs set to black.
+LungCrop = Literal["none", "box", "mask"]
+
+
+class ModelPin(BaseModel):
+    """An exact model version another model depends on (the lung segmenter of a classifier):
+    name, version and the model file's sha256, checked when it is pulled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    version: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
 class InputContract(BaseModel):
     """Shape and value range of the model's input, and how an X-ray is brought to it."""
 
@@ -47,6 +67,24 @@ class InputContract(BaseModel):
         description="clahe: contrast-limited adaptive histogram equalisation of the resized gray "
         "image (8×8 tiles, clip limit 2), which evens out exposure between scanners and sites.",
     )
+
+    lung_crop: LungCrop = Field(
+        default="none",
+        description="box: crop to the lungs' bounding box (found by ``lung_model``) before resizing; "
+        "mask: also blank what lies outside the lungs. A bad mask falls back to the whole image.",
+    )
+    lung_margin: float = Field(
+        default=0.05, ge=0, le=0.5, description="Margin around the lungs' box, as a share of the film."
+    )
+    lung_model: ModelPin | None = Field(
+        default=None, description="The segmenter the lung step runs: it decides the pixels, so it is pinned."
+    )
+
+    @model_validator(mode="after")
+    def _lung_step_names_its_segmenter(self) -> InputContract:
+        if self.lung_crop != "none" and self.lung_model is None:
+            raise ValueError(f"lung_crop={self.lung_crop!r} needs the segmenter's lung_model")
+        return self
 
     @model_validator(mode="before")
     @classmethod

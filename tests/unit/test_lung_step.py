@@ -1,0 +1,156 @@
+"""The lung step of preprocessing: one code path, a bad mask falls back, the segmenter is a model
+of the store (round trip in safe mode), and explanations map back through the crop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from cxr.core.imaging import InputContract, decode_image, preprocess
+from cxr.core.imaging.contract import ModelPin
+from cxr.core.imaging.lungs import fallback_counts, lung_region, mask_problem
+from cxr.core.imaging.preprocess import preprocess_gray_region
+from cxr.explain.geometry import box_to_original, placement, to_original
+from tests.unit.synthetic_cxr import write_folder_dataset
+from training_jobs.datasets import load_dataset
+from training_jobs.pipeline import make_dataset
+
+PIN = ModelPin(name="lungs", version=1, sha256="0" * 64)
+
+
+def two_lungs(size: int = 32) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[6:27, 4:12] = True
+    mask[6:27, 20:28] = True
+    return mask
+
+
+class FixedMasker:
+    """A stand-in segmenter: the same mask for every film."""
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask
+        self.calls = 0
+
+    def lung_mask(self, pixels: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return self.mask
+
+
+def film(height: int = 90, width: int = 70, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((height, width), dtype=np.float32)
+
+
+def test_mask_problem_accepts_two_lungs_and_names_what_is_wrong():
+    assert mask_problem(two_lungs()) is None
+    assert "area" in mask_problem(np.zeros((32, 32), bool))
+    one = np.zeros((32, 32), bool)
+    one[6:27, 4:28] = True
+    assert mask_problem(one) == "one component, not two lungs"
+    lopsided = two_lungs()
+    lopsided[:, 18:] = False
+    lopsided[10:14, 20:22] = True
+    assert mask_problem(lopsided) == "not two main components"
+    shifted = np.roll(two_lungs(), 10, axis=0)
+    shifted[:6] = False
+    assert mask_problem(shifted).startswith("centroid off-centre")
+
+
+def test_a_lung_step_needs_its_segmenter():
+    with pytest.raises(ValidationError):
+        InputContract(height=16, width=16, lung_crop="box")
+    contract = InputContract(height=16, width=16, lung_crop="box", lung_model=PIN)
+    with pytest.raises(Exception, match="crops to the lungs"):
+        preprocess(film(), contract)
+
+
+def test_a_bad_mask_falls_back_to_the_whole_image_and_is_counted():
+    pixels = film()
+    plain = InputContract(height=24, width=24, channels=3, normalization="symmetric")
+    for crop in ("box", "mask"):
+        contract = plain.model_copy(update={"lung_crop": crop, "lung_model": PIN})
+        before = fallback_counts().get("area", 0)
+        _, region = preprocess_gray_region(pixels, contract, FixedMasker(np.zeros((32, 32), bool)))
+        assert region is not None and region.fallback is not None and region.box == (0, 0, 90, 70)
+        assert fallback_counts()["area"] == before + 1
+        np.testing.assert_array_equal(preprocess(pixels, contract, FixedMasker(np.zeros((32, 32), bool))),
+                                      preprocess(pixels, plain))  # fmt: skip
+
+
+def test_box_crops_to_the_lungs_and_mask_blanks_outside():
+    pixels = np.ones((64, 64), np.float32)
+    region = lung_region(pixels, FixedMasker(two_lungs()), margin=0.0)
+    assert region.fallback is None and region.box == (12, 8, 54, 56)  # rows 6-26, cols 4-27 of 32, × 2
+    contract = InputContract(
+        height=42, width=46, channels=1, lung_crop="mask", lung_margin=0.0, lung_model=PIN
+    )
+    gray = preprocess(pixels, contract, FixedMasker(two_lungs()))[..., 0]
+    assert gray.min() == 0.0  # the gap between the lungs is blanked
+    assert gray[:, :8].max() == 1.0 and gray[:, -8:].max() == 1.0
+
+
+@pytest.mark.parametrize("crop", ["box", "mask"])
+def test_training_batches_equal_preprocess_with_the_lung_step(tmp_path, local_settings, crop):
+    root = write_folder_dataset(tmp_path / "data", per_class=2, size=45)
+    contract = InputContract(
+        height=24, width=28, channels=3, normalization="torch", lung_crop=crop, lung_model=PIN
+    )
+    masker = FixedMasker(two_lungs())
+    data = load_dataset(str(root), ["covid", "normal"], contract, local_settings, lungs=masker)
+    batch = next(iter(make_dataset(data.images, None, contract, output="sigmoid", batch_size=8)))
+    files = sorted((root / "covid").glob("*.png")) + sorted((root / "normal").glob("*.png"))
+    decoded = [decode_image(f.read_bytes(), max_bytes=10**7, max_pixels=10**7).pixels for f in files]
+    expected = np.stack([preprocess(p, contract, masker) for p in decoded])
+    np.testing.assert_allclose(np.asarray(batch), expected, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(expected, np.stack([preprocess(p, contract.model_copy(
+        update={"lung_crop": "none", "lung_model": None})) for p in decoded]))  # fmt: skip
+
+
+def test_explanations_map_back_through_the_crop():
+    contract = InputContract(height=20, width=20, lung_crop="box", lung_model=PIN)
+    where = placement(contract, 100, 80, crop=(10, 20, 60, 70))
+    heat = np.ones((5, 5), np.float32)
+    full = to_original(heat, where)
+    assert full.shape == (100, 80)
+    assert full[10:60, 20:70].min() == 1.0 and full[:10].max() == 0.0 and full[:, :20].max() == 0.0
+    assert box_to_original((0, 0, 20, 20), where) == (20, 10, 70, 60)
+    assert placement(contract, 100, 80, crop=(0, 0, 100, 80)) == placement(contract, 100, 80)
+
+
+def test_segmenter_round_trips_through_the_store_and_the_runtime_holds_it(settings, tmp_path):
+    import keras
+
+    from modelstore import open_model_store
+    from modelstore.manifest import SegmentationSpec
+    from modelstore.runtime import ModelRuntime
+    from modelstore.segmenter import LungSegmenter
+    from tests import worker_support as support
+    from training_jobs.lung_unet import build_lung_unet
+
+    keras.utils.set_random_seed(1)
+    unet = build_lung_unet(size=32, base_filters=2, depth=2)
+    unet.save(tmp_path / "lungs.keras")
+    seg_contract = InputContract(height=32, width=32, channels=1, contrast="clahe")
+    store = open_model_store(settings)
+    published = store.publish(
+        "lungs", tmp_path / "lungs.keras", architecture="lung_unet", classes=["outside", "lung"],
+        input_contract=seg_contract, output="sigmoid", segmentation=SegmentationSpec(threshold=0.5),
+    )  # fmt: skip
+    segmenter = LungSegmenter.load(store, "lungs@latest")  # pulled, sha256-checked, safe mode
+    pixels = film(80, 64)
+    x = preprocess(pixels, seg_contract)[None]
+    np.testing.assert_allclose(segmenter.probabilities(x), np.asarray(unet(x))[..., 0], atol=1e-6)
+    assert segmenter.pin.sha256 == published.sha256
+    with pytest.raises(Exception, match="is a segmenter"):
+        ModelRuntime.load(store, "lungs@latest")
+
+    contract = InputContract(height=32, width=32, channels=1, lung_crop="box", lung_model=segmenter.pin)
+    support.build_model(tmp_path / "clf.keras", contract=contract)
+    store.publish("clf", tmp_path / "clf.keras", architecture="tiny_cnn", classes=support.CLASSES,
+                  input_contract=contract, output="softmax", gradcam_layer="conv_last")  # fmt: skip
+    runtime = ModelRuntime.load(store, "clf@latest")
+    assert runtime.lungs is not None and runtime.lungs.ref == "lungs@1"
+    np.testing.assert_array_equal(runtime.preprocess(pixels), preprocess(pixels, contract, segmenter))
+    with pytest.raises(Exception, match="needs its segmenter"):
+        ModelRuntime.from_pulled(store.pull("clf@latest"))
