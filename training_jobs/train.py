@@ -39,6 +39,7 @@ from training_jobs.architectures import BuiltModel, build_model, freeze_base, un
 from training_jobs.assess import assess, manifest_values
 from training_jobs.by_source import per_source_metrics
 from training_jobs.datasets import LoadedDataset, describe, load_dataset
+from training_jobs.deshortcut import Deshortcut, augment_split
 from training_jobs.linear_probe import fit_linear_heads
 from training_jobs.operating_points import DEFAULT_TARGETS, choose_operating_points
 from training_jobs.pipeline import Augmentation, class_weights, make_dataset
@@ -83,6 +84,8 @@ class TrainConfig:
     #: on their own (names as ``training_jobs.datasets.entry_source`` derives them).
     holdout_sources: tuple[str, ...] = ()
     augmentation: Augmentation = field(default_factory=Augmentation)
+    #: De-shortcut augmentation of the training split (markers, erased border bands); off: None.
+    deshortcut: Deshortcut | None = None
     deterministic: bool = False
     publish: bool = False
     aliases: tuple[str, ...] = ()
@@ -271,15 +274,18 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         split.holdout.size,
         weights,
     )
+    x_fit, y_fit = x_train, y_train
+    if config.deshortcut is not None:
+        x_fit, y_fit = augment_split(x_train, y_train, config.deshortcut, seed=config.seed)
+        log.info("de-shortcut augmentation: %d training images with %d marked copies", len(x_fit),
+                 config.deshortcut.copies)  # fmt: skip
     common = {
         "output": built.output,
         "num_classes": len(classes),
         "batch_size": config.batch_size,
         "seed": config.seed,
     }
-    train_ds = make_dataset(
-        x_train, y_train, contract, augmentation=config.augmentation, shuffle=True, **common
-    )
+    train_ds = make_dataset(x_fit, y_fit, contract, augmentation=config.augmentation, shuffle=True, **common)
     val_ds = make_dataset(x_val, y_val, contract, **common)
 
     started = time.monotonic()
@@ -287,7 +293,7 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
     if config.head == "logistic":
         probes = fit_linear_heads(
             built,
-            (x_train, y_train),
+            (x_fit, y_fit),
             (x_val, y_val),
             contract,
             num_classes=len(classes),

@@ -154,3 +154,16 @@ def test_segmenter_round_trips_through_the_store_and_the_runtime_holds_it(settin
     np.testing.assert_array_equal(runtime.preprocess(pixels), preprocess(pixels, contract, segmenter))
     with pytest.raises(Exception, match="needs its segmenter"):
         ModelRuntime.from_pulled(store.pull("clf@latest"))
+
+
+def test_deshortcut_copies_are_marked_seeded_and_keep_labels():
+    from training_jobs.deshortcut import Deshortcut, augment_split
+
+    images = np.full((4, 40, 40, 1), 0.5, np.float32)
+    labels = np.array([0, 1, 0, 1])
+    x, y = augment_split(images, labels, Deshortcut(copies=2), seed=3)
+    assert x.shape == (12, 40, 40, 1) and list(y) == [0, 1, 0, 1] * 3
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    np.testing.assert_array_equal(x[:4], images)  # the originals stay
+    assert all(np.any(x[i] != 0.5) for i in range(4, 12))  # every copy is marked
+    np.testing.assert_array_equal(x, augment_split(images, labels, Deshortcut(copies=2), seed=3)[0])
