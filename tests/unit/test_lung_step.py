@@ -154,6 +154,24 @@ def test_segmenter_round_trips_through_the_store_and_the_runtime_holds_it(settin
     np.testing.assert_array_equal(runtime.preprocess(pixels), preprocess(pixels, contract, segmenter))
     with pytest.raises(Exception, match="needs its segmenter"):
         ModelRuntime.from_pulled(store.pull("clf@latest"))
+    # Explanations go through the same lung step and carry the crop back to the film.
+    masker = FixedMasker(two_lungs())
+    runtime.lungs = masker
+    item = runtime.explainer("gradcam").explain([pixels])[0]
+    expected = lung_region(pixels, masker, contract.lung_margin)
+    assert item.placement.crop == expected.box and item.placement.original_height == 80
+
+
+def test_shortcut_score_with_real_lungs_counts_energy_outside_the_mask():
+    from cxr.explain.shortcut import outside_lungs_share
+
+    lungs = two_lungs()
+    heat = np.zeros((64, 64))
+    heat[20:40, 10:20] = 1.0  # inside the left lung (rows 12-53, cols 8-23 at 64 px)
+    assert outside_lungs_share(heat, lungs) == 0.0
+    heat[0:5, 0:64] = 1.0  # a band along the top border: outside
+    assert outside_lungs_share(heat, lungs) == pytest.approx(320 / 520)
+    assert outside_lungs_share(np.zeros((8, 8)), lungs) is None
 
 
 def test_deshortcut_copies_are_marked_seeded_and_keep_labels():
