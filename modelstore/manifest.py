@@ -11,7 +11,15 @@ import datetime as dt
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from cxr import INTENDED_USE
 from cxr.core.errors import ManifestError
@@ -137,6 +145,15 @@ class Manifest(BaseModel):
     )
     intended_use: str = INTENDED_USE
     description: str = ""
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_segmentation(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A classifier's manifest serialises as before segmenters existed (readers that predate
+        the field forbid unknown keys)."""
+        data = handler(self)
+        if self.segmentation is None:
+            data.pop("segmentation", None)
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -57,6 +57,13 @@ def test_mask_problem_accepts_two_lungs_and_names_what_is_wrong():
     assert mask_problem(shifted).startswith("centroid off-centre")
 
 
+def test_a_contract_without_lung_step_serialises_as_before():
+    plain = InputContract(height=16, width=16)
+    assert "lung" not in plain.model_dump_json()
+    cropped = InputContract(height=16, width=16, lung_crop="mask", lung_model=PIN)
+    assert InputContract.model_validate_json(cropped.model_dump_json()) == cropped
+
+
 def test_a_lung_step_needs_its_segmenter():
     with pytest.raises(ValidationError):
         InputContract(height=16, width=16, lung_crop="box")

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 #: How pixel values in [0, 1] map onto the model's expected input range.
 #:  unit        [0, 1]                      (simple_cnn, most from-scratch models)
@@ -85,6 +92,17 @@ class InputContract(BaseModel):
         if self.lung_crop != "none" and self.lung_model is None:
             raise ValueError(f"lung_crop={self.lung_crop!r} needs the segmenter's lung_model")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_lung_step(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A contract without a lung step serialises exactly as before the step existed, so
+        workers that predate it (their contract forbids unknown fields) still read manifests
+        of models that do not use it."""
+        data = handler(self)
+        if self.lung_crop == "none" and self.lung_model is None:
+            for key in ("lung_crop", "lung_margin", "lung_model"):
+                data.pop(key, None)
+        return data
 
     @model_validator(mode="before")
     @classmethod
