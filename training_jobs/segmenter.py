@@ -162,6 +162,7 @@ def train_segmenter(config: SegmenterConfig, settings: Settings) -> SegmenterRes
         epochs=config.epochs,
         callbacks=[keras.callbacks.EarlyStopping(patience=config.patience, restore_best_weights=True)],
         verbose=2,
+        shuffle=False,  # the tf.data pipeline shuffles (seeded)
     )
     train_seconds = time.monotonic() - started
     scores, bad = {}, 0

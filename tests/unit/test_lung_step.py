@@ -192,3 +192,36 @@ def test_deshortcut_copies_are_marked_seeded_and_keep_labels():
     np.testing.assert_array_equal(x[:4], images)  # the originals stay
     assert all(np.any(x[i] != 0.5) for i in range(4, 12))  # every copy is marked
     np.testing.assert_array_equal(x, augment_split(images, labels, Deshortcut(copies=2), seed=3)[0])
+
+
+def test_train_segmenter_end_to_end_on_synthetic_masks(settings, tmp_path):
+    """The entry point: masks manifest → patient split → fit → Dice → published segmenter."""
+    import csv
+
+    from PIL import Image
+
+    from modelstore import open_model_store
+    from modelstore.segmenter import LungSegmenter
+    from training_jobs.segmenter import SegmenterConfig, train_segmenter
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "masks").mkdir()
+    with (tmp_path / "masks" / "manifest.csv").open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["image_path", "mask_path"])
+        for i in range(8):
+            mask = np.kron(two_lungs(), np.ones((2, 2), bool))  # 64 × 64
+            film = np.clip(0.7 - 0.4 * mask + 0.1 * rng.random(mask.shape), 0, 1)
+            Image.fromarray((film * 255).astype(np.uint8)).save(tmp_path / "img" / f"{i}.png")
+            Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "masks" / f"{i}.png")
+            writer.writerow([f"{i}.png", f"{i}.png"])
+    config = SegmenterConfig(masks=str(tmp_path / "masks" / "manifest.csv"), images=str(tmp_path / "img"),
+                             size=32, epochs=1, batch_size=4, publish=True)  # fmt: skip
+    result = train_segmenter(config, settings)
+    assert result.model_ref == "lungs@1" and sum(result.n.values()) == 8
+    assert all(0.0 <= value <= 1.0 for value in result.dice.values())
+    manifest = open_model_store(settings).manifest("lungs", 1)
+    assert manifest.architecture == "lung_unet" and manifest.segmentation is not None
+    assert manifest.segmentation.dice == result.dice["test"]
+    assert LungSegmenter.load(open_model_store(settings), "lungs@1").contract.height == 32
