@@ -33,6 +33,7 @@ from cxr.core.db.migrate import upgrade
 from cxr.core.errors import ConfigurationError
 from cxr.core.settings import Settings
 from training_jobs.architectures import ARCHITECTURES, ensemble_members, is_ensemble, resolve_weights
+from training_jobs.deshortcut import Deshortcut
 from training_jobs.train import TrainConfig, train
 
 #: ``../shared`` beside the checkout: the dev data and the offline ImageNet weights.
@@ -63,7 +64,8 @@ def weights_for(arch: str, weights_dir: Path | None) -> str:
 def run_one(arch: str, mode: str, seed: int, args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     weights = weights_for(arch, args.weights_dir)
     head = args.head if weights != "none" else "dense"
-    name = f"bench-{arch.replace('_', '-').replace('+', '-')}-{mode}-{head}-s{seed}"
+    crop = (f"-{args.lung_crop}" if args.lung_crop != "none" else "") + ("-ds" if args.deshortcut else "")
+    name = f"bench-{arch.replace('_', '-').replace('+', '-')}-{mode}-{head}{crop}-s{seed}"
     config = TrainConfig(
         data=args.data, arch=arch, classes=MODES[mode], name=name, head=head,
         image_size=args.image_size, epochs=args.epochs, weights=weights,
@@ -71,12 +73,16 @@ def run_one(arch: str, mode: str, seed: int, args: argparse.Namespace, settings:
         fine_tune_epochs=args.fine_tune_epochs, fine_tune_learning_rate=args.fine_tune_learning_rate,
         label_smoothing=args.label_smoothing, contrast=args.contrast,
         seed=seed, limit=args.limit, bootstrap_resamples=args.bootstrap, verbose=2,
+        lung_crop=args.lung_crop, segmenter=args.segmenter,
+        deshortcut=Deshortcut(copies=args.deshortcut) if args.deshortcut else None,
         holdout_sources=tuple(s.strip() for s in args.holdout_sources.split(",") if s.strip()),
         publish=True,  # into the run's scratch store, so that `cxr explain`/`cxr score` can use it
     )  # fmt: skip
     result = train(config, settings)
     m = result.metrics
     row: dict[str, Any] = {
+        "lung_crop": args.lung_crop,
+        "deshortcut": args.deshortcut,
         "arch": arch,
         "mode": mode,
         "head": head,
@@ -138,6 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fine-tune-learning-rate", type=float, default=None)
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--contrast", choices=("none", "clahe"), default="none")
+    parser.add_argument("--lung-crop", choices=("none", "box", "mask"), default="none")
+    parser.add_argument(
+        "--segmenter", default=None, help="the lung segmenter in the runs' model store, e.g. lungs@production"
+    )
+    parser.add_argument(
+        "--deshortcut",
+        type=int,
+        default=0,
+        help="de-shortcut augmentation: N marked copies of the training split",
+    )
     parser.add_argument("--seeds", default="0", help="comma-separated split seeds; one run per seed")
     parser.add_argument(
         "--holdout-sources",

@@ -11,7 +11,15 @@ import datetime as dt
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from cxr import INTENDED_USE
 from cxr.core.errors import ManifestError
@@ -92,6 +100,16 @@ class OperatingPoint(BaseModel):
     n_negative: int = Field(ge=0)
 
 
+class SegmentationSpec(BaseModel):
+    """A segmenter's manifest part: its output is a per-pixel probability of ``classes[1]``
+    (the lung), at the input contract's size; a pixel is in the mask at ``threshold`` or above."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    dice: float | None = Field(default=None, description="Mean Dice on the held-out test masks.")
+
+
 class Manifest(BaseModel):
     """Everything needed to check, feed and understand one model version."""
 
@@ -122,8 +140,20 @@ class Manifest(BaseModel):
     operating_points: dict[str, OperatingPoint] = Field(
         default_factory=dict, description="Class name → threshold for a target sensitivity."
     )
+    segmentation: SegmentationSpec | None = Field(
+        default=None, description="Set for a segmenter (a per-pixel map, not class probabilities)."
+    )
     intended_use: str = INTENDED_USE
     description: str = ""
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_segmentation(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A classifier's manifest serialises as before segmenters existed (readers that predate
+        the field forbid unknown keys)."""
+        data = handler(self)
+        if self.segmentation is None:
+            data.pop("segmentation", None)
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -22,13 +22,14 @@ import numpy as np
 
 from cxr.core.errors import ManifestError
 from cxr.core.imaging import InputContract, preprocess
-from cxr.core.imaging.preprocess import finish
+from cxr.core.imaging.preprocess import finish, preprocess_gray_region
 from modelstore.manifest import Manifest, OperatingPoint, ShiftSpec
 from modelstore.outputs import OutputKind, check_output_shape, class_probabilities, label_indices
 from modelstore.shift import ShiftReference, percentiles
 from modelstore.store import ModelStore, PulledModel, ResolvedModel
 
 if TYPE_CHECKING:
+    from cxr.core.imaging.lungs import LungMasker, LungRegion
     from cxr.explain.explainer import Explainer
 
 log = logging.getLogger(__name__)
@@ -124,8 +125,14 @@ class ModelRuntime:
         feature_layers: Sequence[str] = (),
         shift: tuple[ShiftSpec, ShiftReference] | None = None,
         operating_points: Mapping[str, OperatingPoint] | None = None,
+        lungs: LungMasker | None = None,
     ) -> None:
+        if contract.lung_crop != "none" and lungs is None:
+            raise ManifestError(f"{ref} crops to the lungs ({contract.lung_crop}) but no segmenter was given")
         self.model = model
+        #: The contract's segmenter (``modelstore.segmenter``), when the contract has a lung step:
+        #: the runtime holds it so that every caller preprocesses exactly as training did.
+        self.lungs = lungs
         self.classes = list(classes)
         self.contract = contract
         self.output: OutputKind = output
@@ -144,12 +151,27 @@ class ModelRuntime:
 
     # ---- building ---------------------------------------------------------------------------
     @classmethod
-    def from_pulled(cls, pulled: PulledModel, *, warm_up: bool = True) -> ModelRuntime:
-        """Load a verified local copy in Keras safe mode and compile it (traced once if ``warm_up``)."""
+    def from_pulled(
+        cls, pulled: PulledModel, *, warm_up: bool = True, store: ModelStore | None = None
+    ) -> ModelRuntime:
+        """Load a verified local copy in Keras safe mode and compile it (traced once if ``warm_up``).
+
+        A contract with a lung step pins its segmenter; it is pulled from ``store`` (sha256-checked,
+        safe mode, like the classifier), which must then be given."""
         from modelstore.loading import load_keras_model
 
         started = time.perf_counter()
         manifest = pulled.manifest
+        if manifest.segmentation is not None:
+            raise ManifestError(f"{manifest.ref} is a segmenter; load it with modelstore.segmenter")
+        lungs = None
+        if manifest.input.lung_model is not None and manifest.input.lung_crop != "none":
+            if store is None:
+                raise ManifestError(f"{manifest.ref} needs its segmenter {manifest.input.lung_model.ref}: "
+                                    "load it with its model store")  # fmt: skip
+            from modelstore.segmenter import LungSegmenter
+
+            lungs = LungSegmenter.load(store, manifest.input.lung_model)
         model = load_keras_model(pulled.path)
         check_model_matches_manifest(model, manifest)
         shift = None
@@ -169,6 +191,7 @@ class ModelRuntime:
             gradcam_layer=manifest.gradcam_layer,
             manifest=manifest,
             identity=ResolvedModel(manifest.name, manifest.version, manifest.sha256),
+            lungs=lungs,
         )
         if warm_up:
             runtime.warm_up()
@@ -180,7 +203,7 @@ class ModelRuntime:
     def load(cls, store: ModelStore, ref: str | ResolvedModel, *, warm_up: bool = True) -> ModelRuntime:
         """Resolve (unless pinned), pull (sha256-checked) and load one model version."""
         started = time.perf_counter()
-        runtime = cls.from_pulled(store.pull(ref), warm_up=warm_up)
+        runtime = cls.from_pulled(store.pull(ref), warm_up=warm_up, store=store)
         runtime.load_seconds = time.perf_counter() - started
         return runtime
 
@@ -191,7 +214,13 @@ class ModelRuntime:
     # ---- scoring ----------------------------------------------------------------------------
     def preprocess(self, pixels: np.ndarray) -> np.ndarray:
         """A decoded radiograph (float32 gray in [0, 1]) → this model's input tensor."""
-        return preprocess(pixels, self.contract)
+        return preprocess(pixels, self.contract, self.lungs)
+
+    def preprocess_region(self, pixels: np.ndarray) -> tuple[np.ndarray, LungRegion | None]:
+        """``preprocess`` and the film region the lung step kept (None without a lung step):
+        explanations carry their maps back to the film through it."""
+        gray, region = preprocess_gray_region(pixels, self.contract, self.lungs)
+        return finish(gray, self.contract), region
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """(N, H, W, C) preprocessed inputs → (N, classes) float64 probabilities, manifest order."""

@@ -39,6 +39,7 @@ from modelstore.manifest import (
     Manifest,
     MetricRecord,
     OperatingPoint,
+    SegmentationSpec,
     ShiftSpec,
     validate_alias,
     validate_name,
@@ -274,6 +275,7 @@ class ModelStore:
         aliases: Iterable[str] = (),
         shift: tuple[ShiftSpec, bytes] | None = None,
         operating_points: Mapping[str, OperatingPoint] | None = None,
+        segmentation: SegmentationSpec | None = None,
     ) -> Manifest:
         """Upload a model file and its manifest as the next version of ``name``; ``shift`` is the
         reference's spec and its ``.npz`` bytes (``modelstore.shift``), stored beside the model."""
@@ -302,6 +304,7 @@ class ModelStore:
             description=description,
             shift=_checked_shift(shift),
             operating_points=dict(operating_points or {}),
+            segmentation=segmentation,
         )
         with model_file.open("rb") as stream:
             self.storage.put(self._version_key(name, version, manifest.file), stream)

@@ -36,6 +36,7 @@ import numpy as np
 from cxr.core.errors import ConfigurationError, ImageError, ObjectNotFound
 from cxr.core.imaging import InputContract, decode_image
 from cxr.core.imaging.formats import is_image_name
+from cxr.core.imaging.lungs import LungMasker
 from cxr.core.imaging.preprocess import preprocess_gray
 from cxr.core.settings import Settings
 from cxr.core.storage import ObjectStore, open_store
@@ -206,13 +207,17 @@ def _read(store: ObjectStore, entry: Entry, fetcher: ObjectFetcher) -> bytes:
 
 
 def _load_one(
-    store: ObjectStore, entry: Entry, contract: InputContract, settings: Settings
+    store: ObjectStore,
+    entry: Entry,
+    contract: InputContract,
+    settings: Settings,
+    lungs: LungMasker | None = None,
 ) -> tuple[str, np.ndarray] | str:
     """(sha256, preprocessed pixels), or the reason the image was dropped."""
     try:
         data = _read(store, entry, process_fetcher(settings))
         decoded = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-        return hashlib.sha256(data).hexdigest(), preprocess_gray(decoded.pixels, contract)
+        return hashlib.sha256(data).hexdigest(), preprocess_gray(decoded.pixels, contract, lungs)
     except (ImageError, ObjectNotFound) as exc:
         log.warning("skipping %s: %s", entry.ref, exc)
         return "unreadable"
@@ -226,8 +231,11 @@ def load_dataset(
     *,
     limit: int | None = None,
     seed: int = 0,
+    lungs: LungMasker | None = None,
 ) -> LoadedDataset:
     """List, map labels, read, de-duplicate, decode and preprocess ``source``.
+
+    ``lungs`` is the contract's segmenter when the contract has a lung step (``preprocess``).
 
     ``limit`` keeps a seeded random subset of that many images (smoke runs), drawn before
     reading so that nothing else is fetched.
@@ -248,7 +256,7 @@ def load_dataset(
         keep = np.sort(np.random.default_rng(seed).choice(len(mapped), size=limit, replace=False))
         mapped = [mapped[i] for i in keep]
     with ThreadPoolExecutor(max_workers=settings.decode_threads) as pool:
-        results = list(pool.map(lambda pair: _load_one(store, pair[0], contract, settings), mapped))
+        results = list(pool.map(lambda pair: _load_one(store, pair[0], contract, settings, lungs), mapped))
 
     seen: set[str] = set()
     images, labels, patients, hashes, raw, meta, sources = [], [], [], [], [], [], []

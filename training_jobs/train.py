@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from cxr.core.errors import ConfigurationError
 from cxr.core.imaging import InputContract
-from cxr.core.imaging.contract import Contrast
+from cxr.core.imaging.contract import Contrast, LungCrop
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store
 from modelstore.manifest import validate_alias, validate_name
@@ -39,6 +39,7 @@ from training_jobs.architectures import BuiltModel, build_model, freeze_base, un
 from training_jobs.assess import assess, manifest_values
 from training_jobs.by_source import per_source_metrics
 from training_jobs.datasets import LoadedDataset, describe, load_dataset
+from training_jobs.deshortcut import Deshortcut, augment_split
 from training_jobs.linear_probe import fit_linear_heads
 from training_jobs.operating_points import DEFAULT_TARGETS, choose_operating_points
 from training_jobs.pipeline import Augmentation, class_weights, make_dataset
@@ -73,12 +74,18 @@ class TrainConfig:
     patience: int = 5
     label_smoothing: float = 0.0
     contrast: Contrast = "none"  # the input contract's contrast step
+    #: The input contract's lung step and the segmenter it runs (a store reference such as
+    #: ``lungs@production``, pinned to an exact version in the manifest).
+    lung_crop: LungCrop = "none"
+    segmenter: str | None = None
     seed: int = 0
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     #: Leave-source-out: sources whose films never enter train or validation and are evaluated
     #: on their own (names as ``training_jobs.datasets.entry_source`` derives them).
     holdout_sources: tuple[str, ...] = ()
     augmentation: Augmentation = field(default_factory=Augmentation)
+    #: De-shortcut augmentation of the training split (markers, erased border bands); off: None.
+    deshortcut: Deshortcut | None = None
     deterministic: bool = False
     publish: bool = False
     aliases: tuple[str, ...] = ()
@@ -226,14 +233,19 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         )
     if built.is_ensemble and config.fine_tune_layers > 0:
         raise ConfigurationError("an ensemble's members are not fine-tuned; leave --fine-tune-layers at 0")
+    lungs = _segmenter(config, settings)
     contract = InputContract(
         height=config.image_size,
         width=config.image_size,
         channels=built.channels,
         normalization=built.normalization,
         contrast=config.contrast,
+        lung_crop=config.lung_crop,
+        lung_model=lungs.pin if lungs else None,
     )
-    data = load_dataset(config.data, classes, contract, settings, limit=config.limit, seed=config.seed)
+    data = load_dataset(
+        config.data, classes, contract, settings, limit=config.limit, seed=config.seed, lungs=lungs
+    )
     split = split_holding_out_sources(
         data.patient_ids,
         data.labels,
@@ -262,15 +274,18 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         split.holdout.size,
         weights,
     )
+    x_fit, y_fit = x_train, y_train
+    if config.deshortcut is not None:
+        x_fit, y_fit = augment_split(x_train, y_train, config.deshortcut, seed=config.seed)
+        log.info("de-shortcut augmentation: %d training images with %d marked copies", len(x_fit),
+                 config.deshortcut.copies)  # fmt: skip
     common = {
         "output": built.output,
         "num_classes": len(classes),
         "batch_size": config.batch_size,
         "seed": config.seed,
     }
-    train_ds = make_dataset(
-        x_train, y_train, contract, augmentation=config.augmentation, shuffle=True, **common
-    )
+    train_ds = make_dataset(x_fit, y_fit, contract, augmentation=config.augmentation, shuffle=True, **common)
     val_ds = make_dataset(x_val, y_val, contract, **common)
 
     started = time.monotonic()
@@ -278,7 +293,7 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
     if config.head == "logistic":
         probes = fit_linear_heads(
             built,
-            (x_train, y_train),
+            (x_fit, y_fit),
             (x_val, y_val),
             contract,
             num_classes=len(classes),
@@ -312,6 +327,7 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         (x_train, y_train),
         (x_val, y_val),
         ref=f"{config.name} (run {run_id})",
+        lungs=lungs,
     )
     result = assess(
         scorer,
@@ -400,6 +416,19 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
     )
 
 
+def _segmenter(config: TrainConfig, settings: Settings) -> Any:
+    """The lung segmenter the contract's lung step runs, pulled from the model store
+    (sha256-checked, safe mode); None without a lung step."""
+    if config.lung_crop == "none":
+        return None
+    if not config.segmenter:
+        raise ConfigurationError(f"--lung-crop {config.lung_crop} needs --segmenter NAME[@ALIAS|@VERSION]")
+    from modelstore import open_model_store
+    from modelstore.segmenter import LungSegmenter
+
+    return LungSegmenter.load(open_model_store(settings), config.segmenter)
+
+
 def holdout_label(data: str, sources: tuple[str, ...]) -> str:
     """The dataset name of leave-source-out figures, e.g. 'manifest.csv leave-source-out: actualmed,
     figure1' (in the manifest, the Evaluation row and the run's metrics)."""
@@ -474,6 +503,7 @@ def _calibrated_runtime(
     val: tuple[Any, Any],
     *,
     ref: str,
+    lungs: Any = None,
 ) -> tuple[ModelRuntime, bytes | None]:
     """The trained model in a runtime, with what the validation split decides: the operating
     points, and the shift reference (fitted on the training split's pooled features, its scores
@@ -485,7 +515,7 @@ def _calibrated_runtime(
 
     scorer = ModelRuntime(
         built.model, classes=classes, contract=contract, output=built.output, ref=ref,
-        gradcam_layer=built.gradcam_layer, feature_layers=pooled_feature_layers(built.model),
+        gradcam_layer=built.gradcam_layer, feature_layers=pooled_feature_layers(built.model), lungs=lungs,
     )  # fmt: skip
     (x_train, _), (x_val, y_val) = train, val
     scorer.operating_points = choose_operating_points(

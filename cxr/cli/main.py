@@ -18,7 +18,7 @@ from cxr.cli.jobs_cmd import jobs
 from cxr.cli.models_cmd import models
 from cxr.cli.retrain_cmd import retrain
 from cxr.cli.score_cmd import score
-from cxr.cli.train_cmd import evaluate, train
+from cxr.cli.train_cmd import evaluate, train, train_segmenter
 
 
 @click.group(cls=CxrGroup)
@@ -45,6 +45,7 @@ cli.add_command(score)
 cli.add_command(jobs)
 cli.add_command(train)
 cli.add_command(evaluate)
+cli.add_command(train_segmenter)
 cli.add_command(retrain)
 cli.add_command(exporter)
 

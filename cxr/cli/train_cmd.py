@@ -130,6 +130,14 @@ def _readable(metrics: dict) -> str:
     "validation and are evaluated on their own, the stand-in for a hospital never seen.",
 )
 @click.option(
+    "--lung-crop",
+    type=click.Choice(["none", "box", "mask"]),
+    default="none",
+    show_default=True,
+    help="Lung step of the input contract: crop to the lungs' box, or also blank outside them.",
+)
+@click.option("--segmenter", default=None, help="The lung segmenter for --lung-crop, e.g. lungs@production.")
+@click.option(
     "--flip/--no-flip",
     default=False,
     show_default=True,
@@ -160,6 +168,8 @@ def train(
     contrast: str,
     seed: int,
     holdout_sources: tuple[str, ...],
+    lung_crop: str,
+    segmenter: str | None,
     flip: bool,
     deterministic: bool,
     limit: int | None,
@@ -197,6 +207,8 @@ def train(
         contrast=contrast,
         seed=seed,
         holdout_sources=holdout_sources,
+        lung_crop=lung_crop,  # type: ignore[arg-type]  # click.Choice has checked it
+        segmenter=segmenter,
         augmentation=Augmentation(horizontal_flip=flip),
         deterministic=deterministic,
         publish=publish,
@@ -271,3 +283,42 @@ def evaluate(ref: str, data: str, batch_size: int, seed: int, limit: int | None,
         return
     click.echo(f"{result.model_ref} on {data} (n={result.metrics['n']}): {_readable(result.metrics)}")
     click.echo(f"report {result.report_uri}")
+
+
+@click.command("train-segmenter")
+@click.option("--masks", required=True, help="Manifest CSV of lung masks (image_path, mask_path).")
+@click.option("--images", required=True, help="Folder the masks' image paths are relative to.")
+@click.option("--name", default="lungs", show_default=True, help="Model name in the store.")
+@click.option("--size", type=int, default=96, show_default=True)
+@click.option("--epochs", type=int, default=60, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--publish", is_flag=True, help="Publish the segmenter to the model store.")
+@click.option("--alias", "aliases", multiple=True, help="Alias to point at the published version.")
+@handle_errors
+def train_segmenter(
+    masks: str,
+    images: str,
+    name: str,
+    size: int,
+    epochs: int,
+    seed: int,
+    publish: bool,
+    aliases: tuple[str, ...],
+) -> None:
+    """Train the lung-field U-Net on MASKS (split by patient), report Dice, optionally publish.
+
+    Research use only. Not for clinical decisions.
+    """
+    from training_jobs.segmenter import SegmenterConfig
+    from training_jobs.segmenter import train_segmenter as run
+
+    if aliases and not publish:
+        raise click.UsageError("--alias needs --publish")
+    config = SegmenterConfig(masks=masks, images=images, name=name, size=size, epochs=epochs, seed=seed,
+                             publish=publish, aliases=aliases)  # fmt: skip
+    result = run(config, ready_settings())
+    click.echo(
+        f"Dice train {result.dice['train']:.3f} val {result.dice['val']:.3f} test {result.dice['test']:.3f} "
+        f"(n={result.n['test']}); bad test masks {result.bad_test_masks}; "
+        f"model {result.model_ref or 'not published'}"
+    )

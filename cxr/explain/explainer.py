@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cxr.explain.geometry import Placement, placement
+from cxr.explain.geometry import Placement, placement, to_original
 from cxr.explain.methods import ExplanationMethod, make_method
 from cxr.explain.regions import DEFAULT_MAX_REGIONS, DEFAULT_THRESHOLD, Region, regions_of_interest
 from cxr.explain.scores import ClassScore
-from cxr.explain.shortcut import CENTRAL_MARGIN, shortcut_score
+from cxr.explain.shortcut import CENTRAL_MARGIN, outside_lungs_share, shortcut_score
 from modelstore.outputs import class_probabilities
 
 if TYPE_CHECKING:
@@ -95,13 +95,15 @@ class Explainer:
         self, images: Sequence[np.ndarray], *, class_name: str | None = None, layer: str | None = None
     ) -> list[ImageExplanation]:
         """Explain float32 (H, W) [0, 1] images at their original sizes."""
-        batch = np.stack([self.runtime.preprocess(pixels) for pixels in images])
+        prepared = [self.runtime.preprocess_region(pixels) for pixels in images]
+        batch = np.stack([tensor for tensor, _ in prepared])
         result = self.method(ClassScore(self.class_index(class_name)), batch, layer)
         probabilities = class_probabilities(np.asarray(result.probabilities, np.float64), self.runtime.output)
         predicted = self.runtime.label_indices(probabilities)
         explained = []
         for i, pixels in enumerate(images):
-            where = placement(self.contract, *pixels.shape)
+            region = prepared[i][1]
+            where = placement(self.contract, *pixels.shape, crop=region.box if region else None)
             heatmap = result.maps[i]
             explained.append(
                 ImageExplanation(
@@ -115,7 +117,11 @@ class Explainer:
                     rois=regions_of_interest(
                         heatmap, where, threshold=self.threshold, max_regions=self.max_regions
                     ),
-                    shortcut_score=shortcut_score(heatmap, where, self.margin),
+                    shortcut_score=(
+                        outside_lungs_share(to_original(heatmap, where), region.mask)
+                        if region is not None and region.mask is not None
+                        else shortcut_score(heatmap, where, self.margin)
+                    ),
                     channels=None if result.channels is None else result.channels[i],
                     channel_indices=None if result.channel_indices is None else result.channel_indices[i],
                 )

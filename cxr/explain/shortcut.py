@@ -54,6 +54,25 @@ def outside_share(image_map: np.ndarray, margin: float = CENTRAL_MARGIN) -> floa
     return float(np.clip(1.0 - inside / total, 0.0, 1.0))
 
 
+def outside_lungs_share(film_map: np.ndarray, lungs: np.ndarray) -> float | None:
+    """Share of a map over the whole film lying outside a lung mask (any resolution; it is
+    resized to the map). Where a segmenter runs (a model whose contract has a lung step) this is
+    the shortcut score instead of the central box: the real lungs, not a guess of where they are.
+    None for a map with no positive energy."""
+    from PIL import Image
+
+    positive = np.maximum(np.asarray(film_map, dtype=np.float64), 0.0)
+    total = float(positive.sum())
+    if total <= 0.0:
+        return None
+    height, width = positive.shape
+    mask = Image.fromarray(np.asarray(lungs, dtype=np.uint8) * 255).resize(
+        (width, height), Image.Resampling.NEAREST
+    )
+    inside = float(positive[np.asarray(mask) > 127].sum())
+    return float(np.clip(1.0 - inside / total, 0.0, 1.0))
+
+
 @dataclass(frozen=True)
 class ShortcutSummary:
     """Shortcut scores of many images (a job, or a model on an evaluation set)."""

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 #: How pixel values in [0, 1] map onto the model's expected input range.
 #:  unit        [0, 1]                      (simple_cnn, most from-scratch models)
@@ -24,6 +31,26 @@ Contrast = Literal["none", "clahe"]
 
 #: Fields older manifests carry that no longer exist: accepted on read, dropped.
 RETIRED_FIELDS = frozenset({"grayscale_to_channels", "dtype"})
+
+
+#: The lung step (``cxr.core.imaging.lungs``): none; box: crop to the lungs' bounding box grown by
+#: ``lung_margin``; mask: that crop with everything outside the lungs set to black.
+LungCrop = Literal["none", "box", "mask"]
+
+
+class ModelPin(BaseModel):
+    """An exact model version another model depends on (the lung segmenter of a classifier):
+    name, version and the model file's sha256, checked when it is pulled."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    version: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
 
 
 class InputContract(BaseModel):
@@ -47,6 +74,35 @@ class InputContract(BaseModel):
         description="clahe: contrast-limited adaptive histogram equalisation of the resized gray "
         "image (8×8 tiles, clip limit 2), which evens out exposure between scanners and sites.",
     )
+
+    lung_crop: LungCrop = Field(
+        default="none",
+        description="box: crop to the lungs' bounding box (found by ``lung_model``) before resizing; "
+        "mask: also blank what lies outside the lungs. A bad mask falls back to the whole image.",
+    )
+    lung_margin: float = Field(
+        default=0.05, ge=0, le=0.5, description="Margin around the lungs' box, as a share of the film."
+    )
+    lung_model: ModelPin | None = Field(
+        default=None, description="The segmenter the lung step runs: it decides the pixels, so it is pinned."
+    )
+
+    @model_validator(mode="after")
+    def _lung_step_names_its_segmenter(self) -> InputContract:
+        if self.lung_crop != "none" and self.lung_model is None:
+            raise ValueError(f"lung_crop={self.lung_crop!r} needs the segmenter's lung_model")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_lung_step(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A contract without a lung step serialises exactly as before the step existed, so
+        workers that predate it (their contract forbids unknown fields) still read manifests
+        of models that do not use it."""
+        data = handler(self)
+        if self.lung_crop == "none" and self.lung_model is None:
+            for key in ("lung_crop", "lung_margin", "lung_model"):
+                data.pop(key, None)
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from PIL import Image
 
 from cxr.core.errors import ImageError
 from cxr.core.imaging.contract import InputContract
+from cxr.core.imaging.lungs import LungMasker, LungRegion, apply_lung_region, lung_region
 
 _IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 _IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -61,15 +62,29 @@ def clahe(gray: np.ndarray) -> np.ndarray:
     return equaliser.apply(levels).astype(np.float32) / 65535.0
 
 
-def preprocess(pixels: np.ndarray, contract: InputContract) -> np.ndarray:
-    """float32 (H, W) in [0, 1] → float32 (contract.height, contract.width, contract.channels)."""
-    return finish(preprocess_gray(pixels, contract), contract)
+def preprocess(pixels: np.ndarray, contract: InputContract, lungs: LungMasker | None = None) -> np.ndarray:
+    """float32 (H, W) in [0, 1] → float32 (contract.height, contract.width, contract.channels).
+
+    ``lungs`` is the contract's segmenter (``contract.lung_model``), needed only when the contract
+    has a lung step; the model runtime holds it and passes it here."""
+    return finish(preprocess_gray(pixels, contract, lungs), contract)
 
 
-def preprocess_gray(pixels: np.ndarray, contract: InputContract) -> np.ndarray:
-    """The first half of ``preprocess``: checked, resized, contrast step; (height, width, 1) in
-    [0, 1]. A training dataset caches this (a third of the memory of three channels, and the
-    space augmentation works in); ``finish`` turns it into the model's input."""
+def preprocess_gray(
+    pixels: np.ndarray, contract: InputContract, lungs: LungMasker | None = None
+) -> np.ndarray:
+    """The first half of ``preprocess``: checked, lung step, resized, contrast step;
+    (height, width, 1) in [0, 1]. A training dataset caches this (a third of the memory of
+    three channels, and the space augmentation works in); ``finish`` turns it into the model's
+    input."""
+    return preprocess_gray_region(pixels, contract, lungs)[0]
+
+
+def preprocess_gray_region(
+    pixels: np.ndarray, contract: InputContract, lungs: LungMasker | None = None
+) -> tuple[np.ndarray, LungRegion | None]:
+    """``preprocess_gray`` and where the lung step took the pixels from (None without a lung
+    step): explanations carry heatmaps back to the film through that box."""
     if pixels.ndim != 2:
         raise ImageError(f"preprocess expects a 2-D gray image, got shape {pixels.shape}")
     if pixels.dtype != np.float32:
@@ -80,10 +95,19 @@ def preprocess_gray(pixels: np.ndarray, contract: InputContract) -> np.ndarray:
     if not (low >= -1e-6 and high <= 1 + 1e-6):  # written so that NaN (which compares False) fails
         raise ImageError(f"preprocess expects values in [0, 1], got [{low:.4g}, {high:.4g}]")
 
+    region = None
+    if contract.lung_crop != "none":
+        if lungs is None:
+            raise ImageError(
+                f"this model's input contract crops to the lungs ({contract.lung_crop}) with "
+                f"{contract.lung_model.ref if contract.lung_model else 'a segmenter'}, which was not given"
+            )
+        region = lung_region(pixels, lungs, contract.lung_margin)
+        pixels = apply_lung_region(pixels, region, blank=contract.lung_crop == "mask")
     gray = np.clip(resize_gray(pixels, contract.height, contract.width, contract.resize), 0.0, 1.0)
     if contract.contrast == "clahe":
         gray = clahe(gray)
-    return gray[..., None]
+    return gray[..., None], region
 
 
 def finish(gray: np.ndarray, contract: InputContract) -> np.ndarray:
