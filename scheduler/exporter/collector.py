@@ -130,6 +130,12 @@ class ClusterCollector(Collector):
             "Classifications stored in SQL per model, version and predicted label (label share, drift).",
             labels=["model", "version", "label"],
         )
+        flagged = GaugeMetricFamily(
+            "cxr_predictions_out_of_distribution",
+            "Stored classifications flagged as unlike the model's training data (shift score beyond "
+            "its threshold percentile), per model version.",
+            labels=["model", "version"],
+        )
         decisions = GaugeMetricFamily(
             "cxr_promotion_decisions",
             "Promotion-gate decisions per model: decision=promoted (the alias moved) or kept.",
@@ -147,7 +153,9 @@ class ClusterCollector(Collector):
                 versions.add_metric([model], count)
             for labels, count in snap.predictions.items():
                 predictions.add_metric(list(labels), count)
-        yield from (jobs, pending, runs, versions, predictions, decisions)
+            for labels, count in snap.out_of_distribution.items():
+                flagged.add_metric(list(labels), count)
+        yield from (jobs, pending, runs, versions, predictions, flagged, decisions)
         yield self._shortcut_family(snap.shortcut_scores if snap else None)
 
     @staticmethod

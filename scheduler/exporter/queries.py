@@ -69,6 +69,7 @@ class SqlSnapshot:
     training_runs_by_status: dict[str, int]
     model_versions: dict[str, int]
     predictions: dict[tuple[str, str, str], int]  # (model, version, label) -> count
+    out_of_distribution: dict[tuple[str, str], int]  # (model, version) -> flagged predictions
     shortcut_scores: ShortcutScores
     promotion_decisions: dict[tuple[str, str], int]  # (model, promoted|kept) -> count
 
@@ -84,6 +85,7 @@ def read_sql(connection: Connection) -> SqlSnapshot:
         },
         model_versions=_count_by(connection, ModelVersion.name),
         predictions=prediction_counts(connection),
+        out_of_distribution=out_of_distribution_counts(connection),
         shortcut_scores=shortcut_scores(connection),
         promotion_decisions=promotion_decisions(connection),
     )
@@ -120,6 +122,15 @@ def prediction_counts(connection: Connection) -> dict[tuple[str, str, str], int]
     query = query.where(Prediction.kind == PREDICTION_KIND)
     query = query.group_by(Prediction.model_name, Prediction.model_version, Prediction.label)
     return {(name, str(version), label): count for name, version, label, count in connection.execute(query)}
+
+
+def out_of_distribution_counts(connection: Connection) -> dict[tuple[str, str], int]:
+    """Predictions flagged as unlike the training data, per model version: divided by the
+    version's ``cxr_predictions`` total, the share of its archive it is out of its depth on."""
+    query = select(Prediction.model_name, Prediction.model_version, func.count())
+    query = query.where(Prediction.kind == PREDICTION_KIND, Prediction.out_of_distribution.is_(True))
+    query = query.group_by(Prediction.model_name, Prediction.model_version)
+    return {(name, str(version)): count for name, version, count in connection.execute(query)}
 
 
 def shortcut_scores(connection: Connection) -> ShortcutScores:

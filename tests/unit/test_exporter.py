@@ -48,7 +48,8 @@ def add_state(settings) -> None:
             session.add(Image(sha256=f"{i:064d}", source_uri="u", bytes=1, format="png", width=1, height=1))
             session.flush()
             prediction = Prediction(image_sha256=f"{i:064d}", model_name="m", model_version=2, label=label,
-                                    confidence=0.9, probabilities={label: 0.9}, job_id="job0")  # fmt: skip
+                                    confidence=0.9, probabilities={label: 0.9}, job_id="job0",
+                                    out_of_distribution=i == 2)  # fmt: skip
             session.add(prediction)
             session.flush()
             score = {"shortcut_score": 0.15 + 0.3 * i}
@@ -69,6 +70,7 @@ def test_sql_series(settings):
     assert values[("cxr_training_runs", (("status", "running"),))] == 0
     key = ("cxr_predictions", (("label", "normal"), ("model", "m"), ("version", "2")))
     assert values[key] == 2
+    assert values[("cxr_predictions_out_of_distribution", (("model", "m"), ("version", "2")))] == 1
     assert (
         values[("cxr_shortcut_score_count", ())] == 3
     )  # one per image (overlays only); none for an empty heatmap
