@@ -125,7 +125,7 @@ class ModelRuntime:
     @classmethod
     def from_pulled(cls, pulled: PulledModel, *, warm_up: bool = True) -> ModelRuntime:
         """Load a verified local copy in Keras safe mode and compile it (traced once if ``warm_up``)."""
-        from modelstore.loading import load_keras_model
+        from modelstore.loading import load_keras_model, pooled_feature_layers
 
         started = time.perf_counter()
         manifest = pulled.manifest
@@ -135,9 +135,12 @@ class ModelRuntime:
                 pulled.shift_path.read_bytes(), f"{manifest.ref}'s reference"
             )
             shift = (manifest.shift, reference)
+        model = load_keras_model(pulled.path)
         runtime = cls(
-            load_keras_model(pulled.path),
+            model,
             shift=shift,
+            # Without a shift reference the pooled layers still give features (sampling, adaptation).
+            feature_layers=pooled_feature_layers(model),
             operating_points=manifest.operating_points,
             classes=manifest.classes,
             contract=manifest.input,
