@@ -92,6 +92,25 @@ class OperatingPoint(BaseModel):
     n_negative: int = Field(ge=0)
 
 
+class Adaptation(BaseModel):
+    """How a version was adapted to a site (``cxr adapt``): its heads refitted on the parent's
+    frozen features of the site's labelled films. The gate reads ``local_data_fingerprint``: on
+    those films only cross-validated figures count."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parent: str = Field(description="NAME@VERSION the heads were refitted from.")
+    parent_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    local_data: str
+    local_data_fingerprint: str
+    n_local: int = Field(ge=1)
+    mix: Literal["original", "local-only"]
+    local_share: float = Field(gt=0, le=1, description="Share of the fit's total weight on local films.")
+    penalties: dict[str, float] = Field(description="Dense layer → the chosen inverse penalty C.")
+    folds: int = Field(ge=2, description="Patient-grouped folds of the local films.")
+    shift_reference: Literal["parent"] = "parent"
+
+
 class Manifest(BaseModel):
     """Everything needed to check, feed and understand one model version."""
 
@@ -122,6 +141,7 @@ class Manifest(BaseModel):
     operating_points: dict[str, OperatingPoint] = Field(
         default_factory=dict, description="Class name → threshold for a target sensitivity."
     )
+    adaptation: Adaptation | None = Field(default=None, description="Set on versions made by cxr adapt.")
     intended_use: str = INTENDED_USE
     description: str = ""
 
@@ -164,6 +184,13 @@ class Manifest(BaseModel):
         if self.output == "sigmoid" and len(self.classes) != 2:
             raise ValueError("a sigmoid output needs exactly two classes")
         return self
+
+    @property
+    def fitted_fingerprints(self) -> set[str]:
+        """Fingerprints of the datasets whose films this version's weights were fitted on: on
+        those, only cross-validated figures measure it."""
+        found = {self.training_data_fingerprint} if self.training_data_fingerprint else set()
+        return found | ({self.adaptation.local_data_fingerprint} if self.adaptation else set())
 
     @property
     def ref(self) -> str:

@@ -30,6 +30,7 @@ from cxr.core.errors import ManifestError, ModelIntegrityError, ModelNotFound, O
 from cxr.core.imaging.contract import InputContract
 from cxr.core.storage import ObjectStore
 from modelstore.manifest import (
+    Adaptation,
     Manifest,
     MetricRecord,
     OperatingPoint,
@@ -205,6 +206,7 @@ class ModelStore:
         aliases: Iterable[str] = (),
         shift: tuple[ShiftSpec, bytes] | None = None,
         operating_points: Mapping[str, OperatingPoint] | None = None,
+        adaptation: Adaptation | None = None,
     ) -> Manifest:
         """Upload a model file and its manifest as the next version of ``name``; ``shift`` is the
         reference's spec and its ``.npz`` bytes (``modelstore.shift``), stored beside the model."""
@@ -233,6 +235,7 @@ class ModelStore:
             description=description,
             shift=_checked_shift(shift),
             operating_points=dict(operating_points or {}),
+            adaptation=adaptation,
         )
         with model_file.open("rb") as stream:
             self.storage.put(self._version_key(name, version, manifest.file), stream)

@@ -67,6 +67,10 @@ def evaluate_model(
             source,
             manifest.ref,
         )
+    fitted = data.fingerprint in manifest.fitted_fingerprints and manifest.adaptation is not None
+    if fitted:
+        log.warning("%s's heads were fitted on %s: figures measured here reward memorising; its "
+                    "cross-validated figures are in its manifest", manifest.ref, source)  # fmt: skip
     context = {
         "model": manifest.ref,
         "model sha256": manifest.sha256,
@@ -98,6 +102,8 @@ def evaluate_model(
         )
     result.metrics["site_verdict"] = site_verdict(result.metrics, reference_record(manifest.metrics))
     values = manifest_values(result.metrics) | {"data_fingerprint": data.fingerprint}
+    if fitted:
+        values["fitted_on_these_films"] = True
     evaluation_id = records.record_evaluation(
         settings,
         model_name=manifest.name,
