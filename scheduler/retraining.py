@@ -144,7 +144,9 @@ def promotion_gate(
 
 
 def retrain(settings: Settings) -> GateResult:
-    """The scheduled job: train on the configured data, publish, then run the gate."""
+    """The scheduled job: train on the configured data (plus ``CXR_RETRAIN_EXTRA_DATA``),
+    publish, then run the gate."""
+    from scheduler.retrain_data import combined_manifest, extra_sources
     from training_jobs.train import TrainConfig, train
 
     if not settings.retrain_data or not settings.retrain_eval_data:
@@ -156,8 +158,11 @@ def retrain(settings: Settings) -> GateResult:
         ).version
     except ModelNotFound:
         parent = None
+    data = settings.retrain_data
+    if extra_sources(settings):
+        data = combined_manifest(settings, data, extra_sources(settings))
     config = TrainConfig(
-        data=settings.retrain_data,
+        data=data,
         arch=settings.retrain_arch,
         classes=tuple(c.strip() for c in settings.retrain_classes.split(",") if c.strip()),
         name=settings.retrain_model_name,
