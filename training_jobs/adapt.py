@@ -226,6 +226,18 @@ class Problem:
             self.output,
         )
 
+    def cross_validatable(self) -> Problem:
+        """Without the films of classes that fewer than two labelled patients hold: such a class
+        cannot be both fitted and scored out of fold (with ``mix="original"`` the original films
+        still teach it)."""
+        groups = np.asarray(self.groups)
+        rare = [c for c in np.unique(self.y_local) if len(set(groups[self.y_local == c])) < 2]
+        if not rare:
+            return self
+        log.warning("classes %s have fewer than two labelled patients: left out of the local films",
+                    [int(c) for c in rare])  # fmt: skip
+        return self.subset(np.flatnonzero(~np.isin(self.y_local, rare)))
+
     def fit(self, penalty: float, local_share: float) -> Heads:
         if local_share >= 1.0 or len(self.y_original) == 0:
             x, y = self.x_local, self.y_local
@@ -255,6 +267,7 @@ def choose(
 ) -> tuple[float, float, dict[str, float]]:  # fmt: skip
     """(C, local share) with the lowest out-of-fold log-loss over patient-grouped folds of the
     local films (pooled over folds, so a fold of two films weighs what two films weigh)."""
+    problem = problem.cross_validatable()
     folds = patient_folds(problem.y_local, problem.groups, seed)
     path: dict[str, float] = {}
     best: tuple[float, float, float] | None = None
@@ -301,6 +314,7 @@ def adapt_heads(
     """Choose, fit and measure (nested patient-grouped CV), then refit on every local film."""
     if mix == "original" and len(problem.y_original) == 0:
         raise ConfigurationError("mix=original needs the parent's original training features")
+    problem = problem.cross_validatable()
     outer = patient_folds(problem.y_local, problem.groups, seed)
     cv = np.zeros((len(problem.y_local), problem.num_classes))
     for number, (train, test) in enumerate(outer):

@@ -196,3 +196,15 @@ def test_an_adapted_version_is_gated_on_its_cross_validated_figures(tmp_path, lo
     result = promotion_gate(settings, "site", 2, eval_data=str(local), metric="macro_auc", margin=1.0)
     assert result.candidate_value == pytest.approx(cv["macro_auc"])
     assert "candidate cross-validated" in result.reason
+
+
+def test_a_class_with_one_labelled_patient_is_left_out_not_refused():
+    rng = np.random.default_rng(4)
+    x_a, y_a = two_sites(200, "a", rng)
+    x_b, y_b = two_sites(20, "b", rng)
+    slices = SLICES[:1]
+    x_local, y_local = np.concatenate([x_b, x_b[:1]]), np.concatenate([y_b + 0, [2]])  # one film of class 2
+    parent = fit_heads(x_a, y_a, sample_weights(y_a[:0], y_a, 1.0), slices, 3, "softmax", 1.0)
+    problem = Problem(x_local, y_local, [f"p{i}" for i in range(21)], x_a, y_a, slices, 3, "softmax")
+    result = adapt_heads(problem, parent, ["normal", "covid", "pneumonia"], mix="original", n_resamples=20)
+    assert result.cv_metrics["n"] == 20 and result.heads.weights[0][0].shape == (6, 3)
