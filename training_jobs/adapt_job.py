@@ -169,7 +169,7 @@ def adapt_model(
         outcome.published = child.ref
     for label, metrics, role in evaluations:
         records.record_evaluation(
-            settings, model_name=name if version else manifest.name,
+            settings, model_name=name if role == "adapted" else manifest.name,
             model_version=version if role == "adapted" else manifest.version, dataset=label,
             data_fingerprint=local.fingerprint, n_images=metrics["n"], metrics=values(metrics, role),
             report_uri=None,
