@@ -183,21 +183,26 @@ def fit_heads(
 
 
 def patient_folds(y: np.ndarray, groups: Sequence[str], seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified folds that keep each patient's films together, as many as the rarest class's
-    patients allow (2 to ``MAX_FOLDS``)."""
+    """Stratified folds that keep each patient's films together: up to ``MAX_FOLDS``, as many as
+    the commonest class's patients allow. Every class needs two patients, so that each fold's
+    fitting part holds every class (a rare class's patients are spread over different folds)."""
+    import warnings
+
     from sklearn.model_selection import StratifiedGroupKFold
 
     y = np.asarray(y)
     groups = np.asarray(groups)
     per_class = [len(set(groups[y == c])) for c in np.unique(y)]
-    n = min(MAX_FOLDS, min(per_class) if per_class else 0)
-    if n < 2:
+    if not per_class or min(per_class) < 2:
         raise ConfigurationError(
             "cross-validation needs at least two labelled patients of every class present; got "
             + ", ".join(f"class {int(c)}: {k}" for c, k in zip(np.unique(y), per_class, strict=True))
         )
+    n = min(MAX_FOLDS, max(per_class))
     splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
-    return [(np.asarray(a), np.asarray(b)) for a, b in splitter.split(np.zeros(len(y)), y, groups)]
+    with warnings.catch_warnings():  # "the least populated class has only m members": intended
+        warnings.simplefilter("ignore", category=UserWarning)
+        return [(np.asarray(a), np.asarray(b)) for a, b in splitter.split(np.zeros(len(y)), y, groups)]
 
 
 @dataclass(frozen=True)
