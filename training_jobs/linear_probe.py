@@ -90,7 +90,8 @@ def fit_logistic_head(
     intercept = np.asarray(chosen.intercept_, dtype=np.float64)
     scaled = coef / scaler.scale_  # logits = ((x - mean) / scale) @ coef.T + b
     bias = intercept - scaled @ scaler.mean_
-    log.info("logistic head: C=%g chosen on validation log-loss %.4f", penalty, path[penalty])
+    if len(grid) > 1:  # a fixed penalty (site adaptation's folds) was chosen elsewhere
+        log.info("logistic head: C=%g chosen on validation log-loss %.4f", penalty, path[penalty])
     return LinearHead(scaled.T.astype(np.float32), bias.astype(np.float32), penalty, path)
 
 
