@@ -45,7 +45,7 @@ def adapt(
     """Adapt a model to a site: refit its heads on the frozen features of the site's films, with the
     penalty and mix chosen, and the figures measured, by patient-grouped cross-validation.
 
-    Promote with `cxr models gate NAME VERSION --eval-data DATA`: on these films the gate uses the
+    Promote with `cxr models gate NAME VERSION --data DATA`: on these films the gate uses the
     cross-validated figures, never the ones on the films the heads were fitted on.
     Research use only. Not for clinical decisions.
     """
