@@ -110,6 +110,25 @@ class SegmentationSpec(BaseModel):
     dice: float | None = Field(default=None, description="Mean Dice on the held-out test masks.")
 
 
+class Adaptation(BaseModel):
+    """How a version was adapted to a site (``cxr adapt``): its heads refitted on the parent's
+    frozen features of the site's labelled films. The gate reads ``local_data_fingerprint``: on
+    those films only cross-validated figures count."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parent: str = Field(description="NAME@VERSION the heads were refitted from.")
+    parent_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    local_data: str
+    local_data_fingerprint: str
+    n_local: int = Field(ge=1)
+    mix: Literal["original", "local-only"]
+    local_share: float = Field(gt=0, le=1, description="Share of the fit's total weight on local films.")
+    penalties: dict[str, float] = Field(description="Dense layer → the chosen inverse penalty C.")
+    folds: int = Field(ge=2, description="Patient-grouped folds of the local films.")
+    shift_reference: Literal["parent"] = "parent"
+
+
 class Manifest(BaseModel):
     """Everything needed to check, feed and understand one model version."""
 
@@ -143,6 +162,7 @@ class Manifest(BaseModel):
     segmentation: SegmentationSpec | None = Field(
         default=None, description="Set for a segmenter (a per-pixel map, not class probabilities)."
     )
+    adaptation: Adaptation | None = Field(default=None, description="Set on versions made by cxr adapt.")
     intended_use: str = INTENDED_USE
     description: str = ""
 
@@ -194,6 +214,13 @@ class Manifest(BaseModel):
         if self.output == "sigmoid" and len(self.classes) != 2:
             raise ValueError("a sigmoid output needs exactly two classes")
         return self
+
+    @property
+    def fitted_fingerprints(self) -> set[str]:
+        """Fingerprints of the datasets whose films this version's weights were fitted on: on
+        those, only cross-validated figures measure it."""
+        found = {self.training_data_fingerprint} if self.training_data_fingerprint else set()
+        return found | ({self.adaptation.local_data_fingerprint} if self.adaptation else set())
 
     @property
     def ref(self) -> str:

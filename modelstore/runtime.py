@@ -158,7 +158,7 @@ class ModelRuntime:
 
         A contract with a lung step pins its segmenter; it is pulled from ``store`` (sha256-checked,
         safe mode, like the classifier), which must then be given."""
-        from modelstore.loading import load_keras_model
+        from modelstore.loading import load_keras_model, pooled_feature_layers
 
         started = time.perf_counter()
         manifest = pulled.manifest
@@ -183,6 +183,8 @@ class ModelRuntime:
         runtime = cls(
             model,
             shift=shift,
+            # Without a shift reference the pooled layers still give features (sampling, adaptation).
+            feature_layers=pooled_feature_layers(model),
             operating_points=manifest.operating_points,
             classes=manifest.classes,
             contract=manifest.input,

@@ -36,6 +36,7 @@ from cxr.core.imaging.contract import InputContract
 from cxr.core.storage import ObjectStore
 from modelstore.integrity import AliasDocument, manifest_digest
 from modelstore.manifest import (
+    Adaptation,
     Manifest,
     MetricRecord,
     OperatingPoint,
@@ -276,6 +277,7 @@ class ModelStore:
         shift: tuple[ShiftSpec, bytes] | None = None,
         operating_points: Mapping[str, OperatingPoint] | None = None,
         segmentation: SegmentationSpec | None = None,
+        adaptation: Adaptation | None = None,
     ) -> Manifest:
         """Upload a model file and its manifest as the next version of ``name``; ``shift`` is the
         reference's spec and its ``.npz`` bytes (``modelstore.shift``), stored beside the model."""
@@ -305,6 +307,7 @@ class ModelStore:
             shift=_checked_shift(shift),
             operating_points=dict(operating_points or {}),
             segmentation=segmentation,
+            adaptation=adaptation,
         )
         with model_file.open("rb") as stream:
             self.storage.put(self._version_key(name, version, manifest.file), stream)

@@ -4,7 +4,8 @@ A new model takes over an alias (``production``) only if it is not worse than th
 holds it, measured on the *same* fixed evaluation set: ``candidate >= incumbent - margin`` on
 one configured headline metric. Both figures and the decision are stored
 (``promotion_decisions``) and shown by ``cxr models show``. An undefined figure (e.g. an AUC on
-a set with one class) never promotes: "not worse" must be shown, not assumed.
+a set with one class) never promotes: "not worse" must be shown, not assumed. A version is never
+measured on the films it was fitted on: there its cross-validated figures stand in (``_measure``).
 """
 
 from __future__ import annotations
@@ -42,13 +43,29 @@ class GateResult:
 
 def _measure(
     settings: Settings, name: str, version: int, eval_data: str, metric: str
-) -> tuple[float | None, str]:
+) -> tuple[float | None, str, str]:
     """The metric of ``name@version`` on ``eval_data``, evaluated now with the same code for both
-    models (the evaluation is also recorded and appended to the model's manifest)."""
+    models (the evaluation is also recorded and appended to the model's manifest), and how it was
+    measured.
+
+    On films the version's weights were fitted on (``Manifest.fitted_fingerprints``: a site's
+    films for a version made by ``cxr adapt``) a figure measured now would reward memorising
+    them, so the version's cross-validated record on exactly those films is used instead; without
+    one the figure is undefined, and an undefined figure never promotes.
+    """
     from training_jobs.model_eval import evaluate_model
 
     result = evaluate_model(f"{name}@{version}", eval_data, settings)
-    return _number(result.metrics.get(metric)), result.data_fingerprint
+    manifest = open_model_store(settings, catalogue=False).manifest(name, version)
+    if result.data_fingerprint not in manifest.fitted_fingerprints:
+        return _number(result.metrics.get(metric)), result.data_fingerprint, "measured"
+    for record in manifest.metrics:
+        values = record.values
+        if (values.get("cross_validated") and values.get("role") == "adapted"
+                and values.get("data_fingerprint") == result.data_fingerprint):  # fmt: skip
+            return _number(values.get(metric)), result.data_fingerprint, "cross-validated"
+    log.warning("%s@%d was fitted on %s and has no cross-validated figures there", name, version, eval_data)
+    return None, result.data_fingerprint, "fitted on these films, no cross-validated figure"
 
 
 def _number(value: object) -> float | None:
@@ -76,13 +93,13 @@ def promotion_gate(
     except ModelNotFound:
         incumbent = None
 
-    candidate_value, fingerprint = _measure(settings, name, candidate_version, eval_data, metric)
-    incumbent_value = None
+    candidate_value, fingerprint, how = _measure(settings, name, candidate_version, eval_data, metric)
+    incumbent_value, incumbent_how = None, "measured"
     if incumbent is not None and incumbent != candidate_version:
-        incumbent_value, _ = _measure(settings, name, incumbent, eval_data, metric)
+        incumbent_value, _, incumbent_how = _measure(settings, name, incumbent, eval_data, metric)
 
     if candidate_value is None:
-        promoted, reason = False, f"{metric} of the candidate is undefined on this evaluation set"
+        promoted, reason = False, f"{metric} of the candidate is undefined on this evaluation set ({how})"
     elif incumbent is None:
         promoted, reason = True, f"no model holds {alias!r} yet"
     elif incumbent == candidate_version:
@@ -96,6 +113,8 @@ def promotion_gate(
         promoted = False
         reason = f"{metric} {candidate_value:.4f} < {incumbent_value:.4f} - margin {margin}"
 
+    if "cross-validated" in (how, incumbent_how):
+        reason += f" (candidate {how}, current {incumbent_how})"
     if promoted:
         store.set_alias(name, alias, candidate_version)
     result = GateResult(
@@ -125,7 +144,9 @@ def promotion_gate(
 
 
 def retrain(settings: Settings) -> GateResult:
-    """The scheduled job: train on the configured data, publish, then run the gate."""
+    """The scheduled job: train on the configured data (plus ``CXR_RETRAIN_EXTRA_DATA``),
+    publish, then run the gate."""
+    from scheduler.retrain_data import combined_manifest, extra_sources
     from training_jobs.train import TrainConfig, train
 
     if not settings.retrain_data or not settings.retrain_eval_data:
@@ -137,8 +158,11 @@ def retrain(settings: Settings) -> GateResult:
         ).version
     except ModelNotFound:
         parent = None
+    data = settings.retrain_data
+    if extra_sources(settings):
+        data = combined_manifest(settings, data, extra_sources(settings))
     config = TrainConfig(
-        data=settings.retrain_data,
+        data=data,
         arch=settings.retrain_arch,
         classes=tuple(c.strip() for c in settings.retrain_classes.split(",") if c.strip()),
         name=settings.retrain_model_name,

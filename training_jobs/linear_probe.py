@@ -53,12 +53,15 @@ def fit_logistic_head(
     num_classes: int,
     class_weight: Mapping[int, float] | None = None,
     grid: Sequence[float] = PENALTY_GRID,
+    sample_weight: np.ndarray | None = None,
 ) -> LinearHead:
     """Standardise, fit an L2 logistic regression per C in ``grid``, keep the C with the lowest
     validation log-loss, and fold the standardisation into (kernel, bias).
 
     Two classes give one unit whose logit is that of class 1 (a sigmoid head); more give one
-    unit per class (a softmax head), matching ``architectures._head``.
+    unit per class (a softmax head), matching ``architectures._head``. ``sample_weight`` weighs
+    the training images (site adaptation mixes original and local films, ``training_jobs.adapt``);
+    the standardisation is then weighted too.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
@@ -67,15 +70,16 @@ def fit_logistic_head(
     missing = sorted(set(range(num_classes)) - set(np.unique(y_train).tolist()))
     if missing:
         raise ConfigurationError(f"class index(es) {missing} have no training images; cannot fit a head")
-    scaler = StandardScaler().fit(x_train)
-    z_train, z_val = scaler.transform(x_train), scaler.transform(x_val)
+    scaler = StandardScaler().fit(x_train, sample_weight=sample_weight)
+    z_train = scaler.transform(x_train)
+    z_val = scaler.transform(x_val) if len(x_val) else x_val  # a fixed penalty needs no validation
     path: dict[float, float] = {}
     best: tuple[float, float, object] | None = None
     for c in grid:
         model = LogisticRegression(C=c, max_iter=5000, class_weight=dict(class_weight or {}) or None)
         with warnings.catch_warnings():  # a weak penalty on separable data may not fully converge
             warnings.simplefilter("ignore", category=UserWarning)
-            model.fit(z_train, y_train)
+            model.fit(z_train, y_train, sample_weight=sample_weight)
         loss = _log_loss(y_val, model.predict_proba(z_val)) if len(y_val) else 0.0
         path[c] = loss
         if best is None or loss < best[0]:
@@ -86,7 +90,8 @@ def fit_logistic_head(
     intercept = np.asarray(chosen.intercept_, dtype=np.float64)
     scaled = coef / scaler.scale_  # logits = ((x - mean) / scale) @ coef.T + b
     bias = intercept - scaled @ scaler.mean_
-    log.info("logistic head: C=%g chosen on validation log-loss %.4f", penalty, path[penalty])
+    if len(grid) > 1:  # a fixed penalty (site adaptation's folds) was chosen elsewhere
+        log.info("logistic head: C=%g chosen on validation log-loss %.4f", penalty, path[penalty])
     return LinearHead(scaled.T.astype(np.float32), bias.astype(np.float32), penalty, path)
 
 

@@ -1,5 +1,10 @@
 """Evaluate a published model version on a dataset (``cxr evaluate``).
 
+On a site's own labelled films this is the site validation: the figures are broken down by
+``site``/``source`` when the listing names one, the operating points stored with the model are
+measured (``assess``), and ``site_validation.site_verdict`` compares the figures with the ones the
+model was published with.
+
 The model is loaded into the model runtime (``modelstore.runtime``) and scored exactly as a
 worker scores it: the same decoder, THE preprocessing function with the manifest's input
 contract, the same compiled forward pass and conversion to class probabilities. The figures go
@@ -19,7 +24,9 @@ from cxr.core.db.models import new_id
 from cxr.core.settings import Settings
 from training_jobs import records
 from training_jobs.assess import assess, manifest_values
+from training_jobs.by_source import per_source_metrics
 from training_jobs.datasets import load_dataset
+from training_jobs.site_validation import reference_record, site_verdict
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,10 @@ def evaluate_model(
             source,
             manifest.ref,
         )
+    fitted = data.fingerprint in manifest.fitted_fingerprints and manifest.adaptation is not None
+    if fitted:
+        log.warning("%s's heads were fitted on %s: figures measured here reward memorising; its "
+                    "cross-validated figures are in its manifest", manifest.ref, source)  # fmt: skip
     context = {
         "model": manifest.ref,
         "model sha256": manifest.sha256,
@@ -78,8 +89,21 @@ def evaluate_model(
         seed=seed,
         n_resamples=bootstrap_resamples,
         batch_size=batch_size,
+        present_only=True,  # a site without pneumonia films is not charged an F1 of 0 for it
     )
+    if any(source is not None for source in data.sources):
+        result.metrics["per_source"] = per_source_metrics(
+            data.labels,
+            result.probs,
+            manifest.classes,
+            data.sources,
+            n_resamples=bootstrap_resamples,
+            seed=seed,
+        )
+    result.metrics["site_verdict"] = site_verdict(result.metrics, reference_record(manifest.metrics))
     values = manifest_values(result.metrics) | {"data_fingerprint": data.fingerprint}
+    if fitted:
+        values["fitted_on_these_films"] = True
     evaluation_id = records.record_evaluation(
         settings,
         model_name=manifest.name,

@@ -76,3 +76,43 @@ def cancel(job_id: str, as_json: bool) -> None:
         emit_json({"job_id": job_id, "cancelled": cancelled})
     else:
         click.echo(f"job {job_id} cancelled" if cancelled else f"job {job_id} had already ended")
+
+
+@jobs.command()
+@click.argument("job_id")
+@click.option("--n", "n", type=click.IntRange(min=1), default=50, show_default=True, help="Films to pick.")
+@click.option(
+    "--strategy",
+    type=click.Choice(["uncertain", "diverse", "stratified", "random"]),
+    default="uncertain",
+    show_default=True,
+    help="uncertain: smallest margin between the top two classes; diverse: k-center greedy on the "
+    "model's pooled features; stratified: equal shares of each predicted label; random.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Manifest template (CSV).")
+@click.option("--sheet", type=click.Path(dir_okay=False), default=None, help="Contact sheet (HTML).")
+@click.option("--site", default="", help="Value of the template's site column.")
+@json_option
+@handle_errors
+def sample(
+    job_id: str, n: int, strategy: str, seed: int, out: str, sheet: str | None, site: str, as_json: bool
+) -> None:
+    """Pick N films of a scored job to label: writes path,label,patient_id,site with label empty."""
+    from pathlib import Path
+
+    from scheduler.sampling import sample_job
+
+    result = sample_job(
+        ready_settings(), job_id, n, strategy,  # type: ignore[arg-type]  # click.Choice has checked it
+        seed=seed, out=Path(out), sheet=Path(sheet) if sheet else None, site=site,
+    )  # fmt: skip
+    if as_json:
+        emit_json({"job_id": job_id, "strategy": strategy, "seed": seed, "candidates": result.candidates,
+                   "picked": len(result.picked), "out": out, "sheet": sheet,
+                   "films": [p.uri for p in result.picked]})  # fmt: skip
+        return
+    click.echo(f"picked {len(result.picked)} of {result.candidates} films ({strategy}, seed {seed}) -> {out}")
+    if sheet:
+        click.echo(f"contact sheet {sheet}")
+    click.echo("fill in label (and patient_id), then: cxr evaluate --model MODEL --data " + out)

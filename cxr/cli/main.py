@@ -9,6 +9,7 @@ import os
 import click
 
 from cxr import __version__
+from cxr.cli.adapt_cmd import adapt
 from cxr.cli.config_cmd import config
 from cxr.cli.db_cmd import db
 from cxr.cli.errors import CxrGroup
@@ -46,6 +47,7 @@ cli.add_command(jobs)
 cli.add_command(train)
 cli.add_command(evaluate)
 cli.add_command(train_segmenter)
+cli.add_command(adapt)
 cli.add_command(retrain)
 cli.add_command(exporter)
 

@@ -277,11 +277,29 @@ def evaluate(ref: str, data: str, batch_size: int, seed: int, limit: int | None,
         "n": result.metrics["n"],
         "metrics": _headline(result.metrics),
         "ci95": result.metrics["ci95"],
+        "per_source": result.metrics.get("per_source"),
+        "operating_points": result.metrics.get("operating_points"),
+        "site_verdict": result.metrics["site_verdict"],
     }
     if as_json:
         emit_json(summary)
         return
+    from training_jobs.by_source import source_lines
+
     click.echo(f"{result.model_ref} on {data} (n={result.metrics['n']}): {_readable(result.metrics)}")
+    for line in source_lines(result.metrics.get("per_source") or {}):
+        click.echo(f"  source {line}")
+    points = result.metrics.get("operating_points")
+    if points:
+        for name, threshold in points["thresholds"].items():
+            figures = []
+            for kind in ("sensitivity", "specificity"):
+                value, ci = points.get(f"{name}_{kind}_at_op"), points["ci95"].get(f"{name}_{kind}_at_op")
+                text = "n/a" if value is None else f"{value:.3f}"
+                interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and value is not None else ""
+                figures.append(f"{kind} {text}{interval}")
+            click.echo(f"  operating point {name} >= {threshold:.4f}: " + ", ".join(figures))
+    click.echo(f"verdict: {result.metrics['site_verdict']['text']}")
     click.echo(f"report {result.report_uri}")
 
 

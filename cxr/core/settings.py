@@ -184,6 +184,11 @@ class Settings(BaseSettings):
     retrain_data: str | None = Field(
         default=None, description="Training data for scheduled runs: folder, manifest CSV or s3://."
     )
+    retrain_extra_data: str | None = Field(
+        default=None,
+        description="Comma-separated labelled manifests (a site's films, labelled after `cxr jobs "
+        "sample`) trained on beside CXR_RETRAIN_DATA, so a site's labels keep counting.",
+    )
     retrain_eval_data: str | None = Field(
         default=None,
         description="The fixed evaluation set on which a new model must not be worse than the "
