@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from cxr.core.errors import ConfigurationError
 from cxr.core.settings import Settings, get_settings
 
 
@@ -109,8 +110,8 @@ def insert_returning(session: Session, model: type, rows: list[dict[str, Any]], 
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    else:  # pragma: no cover - only the two supported databases reach here
-        raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+    else:  # pragma: no cover - the settings accept only these two databases
+        raise ConfigurationError(f"cxr supports SQLite and PostgreSQL, not the {dialect!r} dialect")
     table = model.__table__  # type: ignore[attr-defined]
     statement = dialect_insert(table).on_conflict_do_nothing().returning(*columns)
     result = session.execute(statement, rows).all()
