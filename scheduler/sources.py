@@ -39,7 +39,36 @@ def normalise_source(source: str) -> str:
     path = Path(source).expanduser()
     if not path.exists():
         raise PermanentError(f"source {source!r} does not exist (expected a folder, a list file or s3://)")
+    if path.is_file() and not _is_image_file(path):
+        _check_list_file(path)  # refused here, before any job row exists
     return path.resolve().as_uri()
+
+
+#: The first bytes of the image formats the decoder reads (DICOM's mark sits at offset 128).
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _is_image_file(path: Path) -> bool:
+    """A single file given as the source is scored as a one-image archive when its first bytes
+    say it is an image; anything else must be a list file."""
+    try:
+        with path.open("rb") as stream:
+            head = stream.read(132)
+    except OSError:
+        return False
+    return head.startswith(_IMAGE_MAGIC) or head[128:132] == b"DICM" or head[8:12] == b"WEBP"
+
+
+def _check_list_file(path: Path) -> None:
+    try:
+        with path.open("rb") as stream:
+            stream.read(1 << 16).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PermanentError(
+            f"{path} is neither an image nor a list file (UTF-8 text, one image path or URI per line)"
+        ) from exc
+    except OSError as exc:
+        raise PermanentError(f"cannot read list file {path}: {exc.strerror or exc}") from exc
 
 
 def walk(source: str, settings: Settings) -> Iterator[WalkItem]:
@@ -50,6 +79,8 @@ def walk(source: str, settings: Settings) -> Iterator[WalkItem]:
     path = Path(parse_uri(source).path)
     if path.is_dir():
         yield from _walk_folder(path, path.resolve())
+    elif _is_image_file(path):
+        yield WalkItem(path.as_uri())
     else:
         yield from _walk_list_file(path)
 

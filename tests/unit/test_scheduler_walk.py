@@ -94,3 +94,19 @@ def test_a_symlink_loop_in_a_list_file_fails_that_line_not_the_walk(tmp_path):
     found = items(str(tmp_path / "list.txt"), tmp_path)
     assert [item.uri for item in found] == [(tmp_path / "a.png").as_uri(), (tmp_path / "ok.png").as_uri()]
     assert "symlink loop" in found[0].problem and found[1].problem is None
+
+
+def test_a_single_image_file_is_a_one_image_archive(tmp_path):
+    from tests.worker_support import synthetic_png
+
+    film = tmp_path / "one film.png"
+    film.write_bytes(synthetic_png(0))
+    source = normalise_source(str(film))
+    assert list(walk(source, Settings(data_dir=tmp_path))) == [WalkItem(film.as_uri())]
+
+
+def test_a_binary_file_that_is_no_image_is_refused_before_any_job(tmp_path):
+    junk = tmp_path / "archive.bin"
+    junk.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(PermanentError, match="neither an image nor a list file"):
+        normalise_source(str(junk))
