@@ -213,13 +213,18 @@ class ModelStore:
         return manifest
 
     # ---- resolving --------------------------------------------------------------------------
+    def _unknown_model(self, name: str) -> ModelNotFound:
+        """The error for a name nothing is published under, naming what is."""
+        known = ", ".join(self.names()) or "none yet"
+        return ModelNotFound(f"no model {name!r} in the model store (known: {known})")
+
     def resolve(self, ref: str) -> ResolvedModel:
         """'name@production' | 'name@3' | 'name@latest' | 'name' → the exact version."""
         name, selector = parse_ref(ref)
         if selector == "latest":
             versions = self.versions(name)
             if not versions:
-                raise ModelNotFound(f"no published versions of model {name!r}")
+                raise self._unknown_model(name)
             version = versions[-1]
         elif selector.isdigit():
             version = int(selector)
@@ -228,7 +233,11 @@ class ModelStore:
             try:
                 raw = self.storage.get(key)
             except ObjectNotFound as exc:
-                raise ModelNotFound(f"model {name!r} has no alias {selector!r}") from exc
+                if not self.versions(name):
+                    raise self._unknown_model(name) from exc
+                known = ", ".join(sorted(self.aliases(name))) or "none"
+                message = f"model {name!r} has no alias {selector!r} (its aliases: {known})"
+                raise ModelNotFound(message) from exc
             doc = AliasDocument.parse(raw, self.storage.uri(key))
             manifest = self.verified_manifest(
                 name, doc.version, {f"alias {name}@{selector}": doc.manifest_sha256}

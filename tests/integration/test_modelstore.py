@@ -79,7 +79,7 @@ def test_publish_resolve_pull_roundtrip(settings, model_file):
 
 def test_unknown_refs_are_clear_errors(settings, model_file):
     store = open_model_store(settings)
-    with pytest.raises(ModelNotFound, match="no published versions"):
+    with pytest.raises(ModelNotFound, match="no model 'nothing' in the model store"):
         store.resolve("nothing@latest")
     _publish(store, model_file)
     with pytest.raises(ModelNotFound, match="no alias 'staging'"):

@@ -54,7 +54,7 @@ def test_errors_are_one_clean_line(tmp_path):
     data = tmp_path / "data"
     missing = run_cxr("models", "show", "nothing@production", data_dir=data, check=False)
     assert missing.returncode == 1
-    assert missing.stderr.strip() == "error: model 'nothing' has no alias 'production'"
+    assert missing.stderr.strip() == "error: no model 'nothing' in the model store (known: none yet)"
     evil = save_lambda_model(tmp_path / "evil.keras")
     refused = run_cxr("models", "import", str(evil), "--name", "evil", "--classes", "a,b,c",
                       "--image-size", "32", data_dir=data, check=False)  # fmt: skip
