@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -37,14 +40,25 @@ def list_jobs(limit: int, as_json: bool) -> None:
     if as_json:
         emit_json({"jobs": rows})
         return
-    table = Table("job", "status", "model", "total", "scored", "skipped", "failed", "created", "source")
+    # The id is what `jobs show` needs and the status what a reader looks for: neither is ever cut;
+    # the source wraps instead (rich shrinks every column to fit 80 columns or a pipe otherwise).
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("job", no_wrap=True, min_width=16)
+    table.add_column("status", no_wrap=True)
+    table.add_column("model", no_wrap=True)
+    for name in ("total", "scored", "skipped", "failed"):
+        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
+    table.add_column("created", no_wrap=True)
+    table.add_column("source", overflow="fold")
     for r in rows:
         table.add_row(
             r["job_id"], r["status"], r["model"],
             *(str(r[k]) for k in ("total", "scored", "skipped", "failed")),
-            r["created_at"][:19], r["source"],
+            r["created_at"][:16].replace("T", " "), r["source"],
         )  # fmt: skip
-    Console().print(table if rows else "no jobs yet: cxr score SOURCE --model NAME@ALIAS")
+    # In a pipe rich would assume 80 columns and cut: print wide there, whole ids and all.
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console.print(table if rows else "no jobs yet: cxr score SOURCE --model NAME@ALIAS")
 
 
 @jobs.command()
