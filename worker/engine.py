@@ -33,7 +33,7 @@ import numpy as np
 
 from cxr.core.errors import ImageError, TransientError
 from cxr.core.imaging import decode_image
-from cxr.core.imaging.dicom import ImageSkipped
+from cxr.core.imaging.dicom_policy import DicomPolicy, ImageSkipped
 from cxr.core.outcomes import FailureStage, SkipReason, one_line
 from cxr.core.privacy import hash_identifier
 from cxr.core.settings import Settings
@@ -131,8 +131,9 @@ def prepare_image(uri: str, fetcher: ObjectFetcher, runtime: ModelRuntime, setti
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
             hasher=functools.partial(hash_identifier, settings=settings),
+            dicom_policy=DicomPolicy.from_settings(settings),
         )
-    except ImageSkipped as exc:  # readable, but outside what we score (e.g. a lateral view)
+    except ImageSkipped as exc:  # readable, but outside what we score (a lateral view, a CT slice)
         return SkippedImage(uri, sha256, str(exc))
     except Exception as exc:
         return ImageFailure(uri, FailureStage.DECODE, _reason(exc), sha256)
