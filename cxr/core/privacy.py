@@ -16,6 +16,19 @@ from cxr.core.settings import Settings, get_settings
 
 _SALT_FILE = "patient-id-salt"
 
+#: The DICOM identifiers kept, only as salted hashes, and the ``images`` column (and CSV column)
+#: holding each. The UIDs and the accession number are the join keys a site holding the salt uses
+#: to bring results back to its RIS/PACS records (``hash_identifier`` on its own values).
+DICOM_HASHED_COLUMNS = {
+    "PatientID": "patient_id_hash",
+    "StudyInstanceUID": "study_uid_hash",
+    "SeriesInstanceUID": "series_uid_hash",
+    "SOPInstanceUID": "sop_uid_hash",
+    "AccessionNumber": "accession_hash",
+}
+#: The join keys the per-image CSV carries (the patient hash stays in SQL only).
+JOIN_KEY_COLUMNS = ("study_uid_hash", "series_uid_hash", "sop_uid_hash", "accession_hash")
+
 
 def _salt(settings: Settings) -> bytes:
     if settings.patient_id_salt is not None:

@@ -34,6 +34,7 @@ from cxr.core.imaging.decode import (
     describe,
 )
 from cxr.core.imaging.dicom_policy import DicomPolicy, ImageSkipped
+from cxr.core.privacy import DICOM_HASHED_COLUMNS
 
 __all__ = ["DicomPolicy", "ImageSkipped", "decode_dicom"]
 
@@ -276,11 +277,7 @@ def _first_float(value: Any) -> float:
 
 
 def _safe_metadata(ds: Any, view: str, hasher: Callable[[str], str] | None) -> dict[str, Any]:
-    tags = {
-        "PatientID": "patient_id_hash",
-        "StudyInstanceUID": "study_uid_hash",
-        "SOPInstanceUID": "sop_uid_hash",
-    }
+    tags = DICOM_HASHED_COLUMNS
     try:
         modality = str(ds.get("Modality", "") or "")
         values = {key: str(ds.get(tag, "") or "").strip() for tag, key in tags.items()} if hasher else {}
