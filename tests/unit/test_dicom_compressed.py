@@ -1,7 +1,7 @@
 """Compressed DICOM (the ``cxr[dicom]`` extra): each transfer syntax a PACS exports decodes to the
 same pixels as the uncompressed file. The tests make their own files: pydicom encodes RLE,
 JPEG-LS (pyjpegls) and JPEG 2000 (pylibjpeg-openjpeg); lossless JPEG comes from a small encoder
-of our own (``tests/jpeg_lossless.py``), baseline JPEG from Pillow.
+of our own (``tests/dicom_codecs.py``), baseline JPEG from Pillow.
 
 Without the extra these tests skip, except under CI (``.ci/run`` installs it): there a missing
 decoder is a failure."""
@@ -15,7 +15,6 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder, get_encoder
 from pydicom.uid import (
     JPEG2000Lossless,
@@ -26,8 +25,8 @@ from pydicom.uid import (
 )
 
 from cxr.core.imaging import decode_image
+from tests.dicom_codecs import compressed, encode_lossless_jpeg, with_codestream
 from tests.dicom_files import make_dicom
-from tests.jpeg_lossless import encode_lossless_jpeg
 
 LIMITS = {"max_bytes": 50_000_000, "max_pixels": 40_000_000}
 TWELVE_BIT = {"BitsStored": 12, "HighBit": 11}
@@ -50,30 +49,12 @@ def _need(uid: str, *, encode: bool) -> None:
         pytest.skip(f"no decoder for {uid.name} (pip install -e .[dicom])")
 
 
-def _compressed(pixels: np.ndarray, uid: str) -> bytes:
-    ds = pydicom.dcmread(io.BytesIO(make_dicom(pixels, overrides=TWELVE_BIT)))
-    ds.compress(uid)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def _with_codestream(pixels: np.ndarray, uid: str, codestream: bytes, **kwargs) -> bytes:
-    ds = pydicom.dcmread(io.BytesIO(make_dicom(pixels, **kwargs)))
-    ds.file_meta.TransferSyntaxUID = uid
-    ds.PixelData = encapsulate([codestream])
-    ds["PixelData"].VR = "OB"
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
 @pytest.mark.parametrize("uid", [RLELossless, JPEGLSLossless, JPEG2000Lossless], ids=lambda u: u.name)
 def test_lossless_syntaxes_encoded_by_pydicom_decode_to_the_same_pixels(uid):
     _need(uid, encode=True)
     pixels = _film()
     plain = decode_image(make_dicom(pixels, overrides=TWELVE_BIT), **LIMITS)
-    data = _compressed(pixels, uid)
+    data = compressed(make_dicom(pixels, overrides=TWELVE_BIT), uid)
     assert pydicom.dcmread(io.BytesIO(data)).file_meta.TransferSyntaxUID == uid
     decoded = decode_image(data, **LIMITS)
     np.testing.assert_array_equal(decoded.pixels, plain.pixels)
@@ -86,7 +67,7 @@ def test_lossless_jpeg_decodes_to_the_same_pixels():
     pixels = _film(1)
     plain = decode_image(make_dicom(pixels, overrides=TWELVE_BIT), **LIMITS)
     codestream = encode_lossless_jpeg(pixels, precision=12)
-    data = _with_codestream(pixels, JPEGLosslessSV1, codestream, overrides=TWELVE_BIT)
+    data = with_codestream(make_dicom(pixels, overrides=TWELVE_BIT), JPEGLosslessSV1, codestream)
     assert len(data) < pixels.nbytes  # really compressed
     np.testing.assert_array_equal(decode_image(data, **LIMITS).pixels, plain.pixels)
 
@@ -96,7 +77,7 @@ def test_baseline_jpeg_decodes_close_to_the_original():
     pixels = (_film(2) >> 4).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels, mode="L").save(buffer, format="JPEG", quality=95)
-    data = _with_codestream(pixels, JPEGBaseline8Bit, buffer.getvalue(), bits_allocated=8)
+    data = with_codestream(make_dicom(pixels, bits_allocated=8), JPEGBaseline8Bit, buffer.getvalue())
     expected = np.asarray(Image.open(io.BytesIO(buffer.getvalue())), dtype=np.float32)
     decoded = decode_image(data, **LIMITS).pixels
     expected = (expected - expected.min()) / (expected.max() - expected.min())

@@ -1,5 +1,6 @@
-"""A minimal lossless JPEG encoder (ITU T.81 process 14, first-order prediction: DICOM's
-JPEG Lossless SV1, 1.2.840.10008.1.2.4.70), for tests only.
+"""Compressed DICOM files for tests: pydicom's encoders (``compressed``), a codestream from
+elsewhere wrapped into a file (``with_codestream``), and a minimal lossless JPEG encoder (ITU T.81
+process 14, first-order prediction: DICOM's JPEG Lossless SV1, 1.2.840.10008.1.2.4.70).
 
 pydicom 3 can decode this transfer syntax (through pylibjpeg-libjpeg) but has no encoder for it,
 and it is what many PACS exports use, so the tests make their own codestreams: one gray
@@ -8,9 +9,12 @@ component, predictor 1 (the pixel to the left), no point transform, one fixed Hu
 
 from __future__ import annotations
 
+import io
 import struct
 
 import numpy as np
+import pydicom
+from pydicom.encaps import encapsulate
 
 #: SSSS (difference categories 0..16), each coded in 5 bits: codes 00000..10000, none all ones.
 _CODE_LENGTH = 5
@@ -77,3 +81,25 @@ def encode_lossless_jpeg(pixels: np.ndarray, precision: int) -> bytes:
         + bits.flush()
         + b"\xff\xd9"
     )
+
+
+def _saved(ds: pydicom.Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def compressed(data: bytes, uid: str) -> bytes:
+    """The DICOM file ``data`` recompressed by pydicom's encoder for ``uid`` (same instance UID)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.compress(uid, generate_instance_uid=False)
+    return _saved(ds)
+
+
+def with_codestream(data: bytes, uid: str, codestream: bytes) -> bytes:
+    """The DICOM file ``data`` with its pixel data replaced by one encapsulated ``codestream``."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = uid
+    ds.PixelData = encapsulate([codestream])
+    ds["PixelData"].VR = "OB"
+    return _saved(ds)
