@@ -1,4 +1,4 @@
-"""``cxr jobs``: list, inspect and cancel scoring jobs."""
+"""``cxr jobs``: list, inspect and cancel scoring jobs; export their results as DICOM SR."""
 
 from __future__ import annotations
 
@@ -130,3 +130,29 @@ def sample(
     if sheet:
         click.echo(f"contact sheet {sheet}")
     click.echo("fill in label (and patient_id), then: cxr evaluate --model MODEL --data " + out)
+
+
+@jobs.command("export-dicom")
+@click.argument("job_id")
+@click.option(
+    "--write-back",
+    is_flag=True,
+    help="Also send the SR objects to the job's dicomweb:// PACS (STOW-RS), into each source study.",
+)
+@json_option
+@handle_errors
+def export_dicom(job_id: str, write_back: bool, as_json: bool) -> None:
+    """A DICOM Structured Report per scored DICOM image (research result, not for diagnostic use)."""
+    from scheduler.dicom_export import export_job
+
+    result = export_job(ready_settings(), job_id, write_back=write_back)
+    if as_json:
+        counts = {"written": result.written, "sent": result.sent, "not_dicom": result.skipped}
+        emit_json({"job_id": job_id, **counts, "unusable": result.unusable, "keys": result.keys})
+        return
+    click.echo(f"{result.written} SR objects written under reports/jobs/{job_id}/dicom/"
+               + (f", {result.sent} sent to the PACS" if write_back else ""))  # fmt: skip
+    if result.skipped:
+        click.echo(f"{result.skipped} scored images are not DICOM: no SR for them")
+    if result.unusable:
+        click.echo(f"{result.unusable} DICOM headers cannot be referenced by an SR (see the log)")

@@ -164,3 +164,67 @@ def test_credentials_in_the_source_are_refused(pacs, settings):
         submit(
             settings, server.dicomweb_source.replace("://", f"://u:{orthanc.PASSWORD}@"), "tiny@production"
         )
+
+
+def _sr_values(ds) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for item in ds.ContentSequence:
+        meaning = item.ConceptNameCodeSequence[0].CodeMeaning
+        if item.ValueType == "NUM":
+            values[meaning] = float(item.MeasuredValueSequence[0].NumericValue)
+        elif item.ValueType == "TEXT":
+            values[meaning] = item.TextValue
+        elif item.ValueType == "IMAGE":
+            values[meaning] = item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    return values
+
+
+def test_results_go_back_to_the_pacs_as_structured_reports(pacs, settings):
+    """``cxr jobs export-dicom --write-back``: an SR per scored film, kept (without the patient's
+    identity) in object storage and sent into the source study with STOW-RS, where a viewer finds
+    it: right references, the SQL row's values, PARTIAL / UNVERIFIED, not for diagnostic use."""
+    from cxr.core.dicomweb import SERIES_UID, SOP_UID, client_for, parse_source
+    from scheduler.dicom_export import DISCLAIMER, export_job
+    from scheduler.submit import submit
+    from scheduler.summary import image_rows
+
+    server, files = pacs
+    job = submit(settings, server.dicomweb_source, "tiny@production")
+    result = export_job(settings, job.job_id, write_back=True)
+    assert (result.written, result.sent, result.skipped) == (3, 3, 0)
+    again = export_job(settings, job.job_id, write_back=True)  # idempotent: same UIDs, same objects
+    assert again.keys == result.keys
+
+    store = open_store(settings=settings)
+    for key in result.keys:
+        data = store.get(key)
+        stored = pydicom.dcmread(io.BytesIO(data))
+        assert stored.Modality == "SR" and stored.PatientName == "" and stored.PatientID == ""
+        for value in (IDENTIFIERS["PatientName"], IDENTIFIERS["PatientID"], IDENTIFIERS["PatientBirthDate"]):
+            assert value.encode() not in data
+
+    scored = {}
+    for row in image_rows(settings, job.job_id):
+        if row.outcome == "scored":
+            scored[row.join_keys[2]] = row  # sop_uid_hash
+    client = client_for(parse_source(server.dicomweb_source).base_url, settings)
+    for name in ("cr-pa", "dx-jpeg-lossless", "dx-jpeg2000"):
+        source_uid, source_data = files[name]
+        source = pydicom.dcmread(io.BytesIO(source_data), stop_before_pixels=True)
+        study = source.StudyInstanceUID
+        (sr_series,) = client.search(f"/studies/{study}/series", {"Modality": "SR"}, SERIES_UID)
+        sops = client.search(f"/studies/{study}/series/{sr_series}/instances", {}, SOP_UID)
+        reports = [pydicom.dcmread(io.BytesIO(client.retrieve_instance(study, sr_series, s))) for s in sops]
+        (sr,) = [r for r in reports if _sr_values(r)["Source of Measurement"] == source_uid]
+        assert sr.CompletionFlag == "PARTIAL" and sr.VerificationFlag == "UNVERIFIED"
+        assert sr.StudyInstanceUID == study and sr.PatientID == source.PatientID  # filed in its study
+        evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+        assert evidence.StudyInstanceUID == study
+        assert evidence.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+        values = _sr_values(sr)
+        row = scored[hash_identifier(source_uid, settings)]
+        assert values["Disclaimer"] == DISCLAIMER and "not for diagnostic use" in DISCLAIMER
+        assert values["Algorithm Name"] == "tiny" and values["Predicted label"] == row.label
+        assert len(values["Model file SHA-256"]) == 64
+        for label, probability in row.probabilities.items():
+            assert values[f"Probability of {label}"] == pytest.approx(probability, abs=1e-6)
