@@ -117,7 +117,8 @@ def worker_env(settings: Settings, data_dir: Path) -> dict[str, str]:
         "s3_max_attempts", "broker_url", "broker_key_prefix", "metrics_port", "inference_batch_size",
         "decode_threads", "decode_niceness", "decode_timeout_s", "task_time_limit_s", "max_deliveries",
         "task_max_retries", "chunk_lease_s", "retry_backoff_s", "retry_backoff_max_s", "patient_id_salt",
-        "chunk_size", "inference_threads", "shift_policy",
+        "chunk_size", "inference_threads", "shift_policy", "dicomweb_username", "dicomweb_password",
+        "dicomweb_token",
     ):  # fmt: skip
         value = getattr(settings, name)
         if value is not None:

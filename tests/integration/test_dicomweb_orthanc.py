@@ -228,3 +228,53 @@ def test_results_go_back_to_the_pacs_as_structured_reports(pacs, settings):
         assert len(values["Model file SHA-256"]) == 64
         for label, probability in row.probabilities.items():
             assert values[f"Probability of {label}"] == pytest.approx(probability, abs=1e-6)
+
+
+def test_a_real_worker_fetches_from_the_pacs(pacs, cluster_settings, tmp_path):
+    """``cxr score dicomweb://...`` against the whole cluster (Redis, PostgreSQL, S3, a Celery
+    worker process): the worker opens the sealed URIs with the salt, and reaches the PACS with
+    the credentials, that it gets from its environment; neither shows in any output."""
+    import json
+    import subprocess
+    import sys
+
+    from modelstore import open_model_store
+
+    server, _ = pacs
+    settings = cluster_settings.model_copy(
+        update={
+            "patient_id_salt": SecretStr("site-salt"),
+            "dicomweb_username": orthanc.USERNAME,
+            "dicomweb_password": SecretStr(orthanc.PASSWORD),
+        }
+    )
+    open_model_store(settings).publish(
+        "tiny", support.build_model(tmp_path / "tiny.keras"), architecture="tiny_cnn",
+        classes=support.CLASSES, input_contract=support.CONTRACT, output="softmax", aliases=["production"],
+    )  # fmt: skip
+    log_path = tmp_path / "worker.log"
+    worker = support.start_worker(settings, tmp_path / "worker-data", log_path)
+    try:
+        support.wait_for(lambda: support.worker_ready(log_path), 120, "worker ready", worker, log_path)
+        command = [sys.executable, "-m", "cxr.cli.main", "score", server.dicomweb_source, "--model",
+                   "tiny@production", "--wait", "--json"]  # fmt: skip
+        scored = subprocess.run(
+            command, env=support.worker_env(settings, tmp_path / "cli"), capture_output=True, timeout=300
+        )
+    finally:
+        services.stop_process(worker)
+    assert scored.returncode == 0, scored.stderr.decode(errors="replace")[-3000:]
+    summary = json.loads(scored.stdout)
+    # The PACS may already hold this module's SR results (written back by another test): an SR
+    # is skipped for its modality like any other object that is not a chest film.
+    held = len(json.loads(server.request("GET", "/instances")))
+    assert held >= 6
+    assert (summary["total"], summary["scored"], summary["skipped"], summary["failed"]) == (
+        held,
+        3,
+        held - 3,
+        0,
+    )
+    texts = [log_path.read_text(errors="replace"), scored.stdout.decode(), scored.stderr.decode()]
+    for value in [orthanc.PASSWORD, IDENTIFIERS["PatientName"], IDENTIFIERS["PatientID"], f"{ROOT}.1.1.1"]:
+        assert not any(value in text for text in texts), value
