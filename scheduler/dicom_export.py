@@ -1,4 +1,5 @@
-"""Results back as DICOM: one Structured Report per scored DICOM image of a job.
+"""Results back as DICOM: one Structured Report per scored DICOM image of a job, and its Grad-CAM
+overlay (when the job explained it) as a Secondary Capture in the same study, a new series.
 
 Research teams review results in their viewer (OHIF, the PACS itself), so a job's predictions
 can be written as DICOM SR objects in the source image's study (a new series), the way MONAI
@@ -29,7 +30,7 @@ import io
 import logging
 from collections.abc import Iterator
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cxr.core.dicomweb import client_for, is_dicomweb, parse_source
@@ -68,6 +69,7 @@ class ExportSummary:
     skipped: int  # scored images that are not DICOM (PNG, JPEG): nothing to attach an SR to
     keys: list[str]
     unusable: int = 0  # DICOM headers an SR cannot reference (no series UID...): logged, left out
+    overlay_keys: list[str] = field(default_factory=list)  # Grad-CAM overlays as Secondary Capture
 
 
 def _code(value: str, meaning: str, scheme: str = _SCHEME) -> Any:
@@ -136,12 +138,8 @@ def build_sr(source: Any, row: ImageRow, model: dict[str, Any], series_uid: str,
     )
     root = hd.sr.ContainerContentItem(_code("cxr-result", "Chest X-ray AI research result"))
     root.ContentSequence = hd.sr.ContentSequence(items)
-    evidence = source.copy()
-    for tag in _TYPE2_COPIED:  # highdicom copies these from the source; many files omit some
-        if tag not in evidence:
-            setattr(evidence, tag, "")
     sr = hd.sr.ComprehensiveSR(
-        evidence=[evidence],
+        evidence=[_as_evidence(source)],
         content=root,
         series_instance_uid=series_uid,
         series_number=9901,
@@ -154,6 +152,70 @@ def build_sr(source: Any, row: ImageRow, model: dict[str, Any], series_uid: str,
     )
     sr.SeriesDescription = "AI research result - not for diagnostic use"
     return sr
+
+
+def _as_evidence(source: Any) -> Any:
+    """The source header with the type 2 attributes highdicom copies present (maybe empty)."""
+    evidence = deepcopy(source)
+    for tag in _TYPE2_COPIED:  # many files omit some
+        if tag not in evidence:
+            setattr(evidence, tag, "")
+    return evidence
+
+
+def build_overlay_sc(source: Any, overlay_png: bytes, series_uid: str, sop_uid: str) -> Any:
+    """The Grad-CAM overlay (an RGB PNG the worker rendered) as a Secondary Capture in the
+    source's study, a new series; labelled as a research result in its descriptions."""
+    import highdicom as hd
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(overlay_png)) as image:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=_as_evidence(source),
+        pixel_array=rgb,
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        series_instance_uid=series_uid,
+        series_number=9902,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer="cxr (research software)",
+        patient_orientation=_orientation(source),
+    )
+    sc.SeriesDescription = "AI heatmap (Grad-CAM) - not for diagnostic use"
+    sc.ImageComments = DISCLAIMER
+    sc.BurnedInAnnotation = "NO"
+    return sc
+
+
+def _orientation(source: Any) -> tuple[str, str]:
+    """The film's PatientOrientation (the overlay has the film's geometry); without one, the
+    display convention of a frontal chest film: rows towards the patient's left, columns down."""
+    value = [str(v) for v in (source.get("PatientOrientation") or [])]
+    return (value[0], value[1]) if len(value) == 2 and all(value) else ("L", "F")
+
+
+def _overlay_uri(settings: Settings, job: Any, sha256: str | None) -> str | None:
+    """The overlay PNG of this image by the job's model version (any job may have made it: an
+    image is explained once per version and method), as the report finds it."""
+    from sqlalchemy import select
+
+    from cxr.core.db.models import Artifact
+    from cxr.core.db.session import session_scope
+
+    if sha256 is None:
+        return None
+    prefix = f"/{job.model_name}/{job.model_version}/"
+    with session_scope(settings) as session:
+        uris = session.scalars(
+            select(Artifact.uri)
+            .where(Artifact.image_sha256 == sha256, Artifact.kind == "overlay")
+            .order_by(Artifact.id)
+        ).all()
+    return next((uri for uri in uris if prefix in uri), None)
 
 
 def _encoded(ds: Any) -> bytes:
@@ -210,9 +272,11 @@ def export_job(settings: Settings, job_id: str, *, write_back: bool = False) -> 
         "operating_points": {name: point.threshold for name, point in manifest.operating_points.items()},
     }
     series_uid = generate_uid(entropy_srcs=["cxr-sr-series", job_id])
+    sc_series_uid = generate_uid(entropy_srcs=["cxr-sc-series", job_id])
     store = open_store(settings=settings)
     written = skipped = unusable = 0
     keys: list[str] = []
+    overlay_keys: list[str] = []
     outgoing: list[bytes] = []
     for row, source in _scored_dicom(settings, job_id):
         if source is None:
@@ -231,11 +295,26 @@ def export_job(settings: Settings, job_id: str, *, write_back: bool = False) -> 
         written += 1
         if write_back:
             outgoing.append(_encoded(sr))
+        overlay = _overlay_uri(settings, job, row.sha256)
+        if overlay is None:
+            continue
+        sc_uid = generate_uid(entropy_srcs=["cxr-sc", job_id, row.sha256 or row.uri])
+        try:
+            sc = build_overlay_sc(source, read_uri(overlay, settings), sc_series_uid, sc_uid)
+        except (CxrError, OSError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            log.warning("no overlay SC for image %s of job %s: %s", row.sha256, job_id, one_line(exc))
+            continue
+        overlay_key = key.removesuffix(".dcm") + "-overlay.dcm"
+        store.put(overlay_key, _encoded(_without_patient(sc)), "application/dicom")
+        overlay_keys.append(overlay_key)
+        if write_back:
+            outgoing.append(_encoded(sc))
     sent = 0
     if outgoing:
         client = client_for(parse_source(job.source).base_url, settings)
         for start in range(0, len(outgoing), 20):
             client.store(outgoing[start : start + 20])
             sent += len(outgoing[start : start + 20])
-    log.info("job %s: %d SR objects written, %d sent to the PACS", job_id, written, sent)
-    return ExportSummary(written, sent, skipped, keys, unusable)
+    log.info("job %s: %d SR and %d SC objects written, %d objects sent to the PACS",
+             job_id, written, len(overlay_keys), sent)  # fmt: skip
+    return ExportSummary(written, sent, skipped, keys, unusable, overlay_keys)

@@ -142,15 +142,18 @@ def sample(
 @json_option
 @handle_errors
 def export_dicom(job_id: str, write_back: bool, as_json: bool) -> None:
-    """A DICOM Structured Report per scored DICOM image (research result, not for diagnostic use)."""
+    """A DICOM SR per scored DICOM image, and its Grad-CAM overlay as a Secondary Capture when the
+    job explained it (research results, not for diagnostic use)."""
     from scheduler.dicom_export import export_job
 
     result = export_job(ready_settings(), job_id, write_back=write_back)
     if as_json:
         counts = {"written": result.written, "sent": result.sent, "not_dicom": result.skipped}
-        emit_json({"job_id": job_id, **counts, "unusable": result.unusable, "keys": result.keys})
+        emit_json({"job_id": job_id, **counts, "unusable": result.unusable, "keys": result.keys,
+                   "overlay_keys": result.overlay_keys})  # fmt: skip
         return
-    click.echo(f"{result.written} SR objects written under reports/jobs/{job_id}/dicom/"
+    overlays = len(result.overlay_keys)
+    click.echo(f"{result.written} SR and {overlays} overlay SC objects under reports/jobs/{job_id}/dicom/"
                + (f", {result.sent} sent to the PACS" if write_back else ""))  # fmt: skip
     if result.skipped:
         click.echo(f"{result.skipped} scored images are not DICOM: no SR for them")

@@ -189,9 +189,9 @@ def test_results_go_back_to_the_pacs_as_structured_reports(pacs, settings):
     from scheduler.summary import image_rows
 
     server, files = pacs
-    job = submit(settings, server.dicomweb_source, "tiny@production")
+    job = submit(settings, server.dicomweb_source, "tiny@production", explain="all")
     result = export_job(settings, job.job_id, write_back=True)
-    assert (result.written, result.sent, result.skipped) == (3, 3, 0)
+    assert (result.written, len(result.overlay_keys), result.sent, result.skipped) == (3, 3, 6, 0)
     again = export_job(settings, job.job_id, write_back=True)  # idempotent: same UIDs, same objects
     assert again.keys == result.keys
 
@@ -228,6 +228,15 @@ def test_results_go_back_to_the_pacs_as_structured_reports(pacs, settings):
         assert len(values["Model file SHA-256"]) == 64
         for label, probability in row.probabilities.items():
             assert values[f"Probability of {label}"] == pytest.approx(probability, abs=1e-6)
+        # The Grad-CAM overlay, as a Secondary Capture in a series of its own in the same study.
+        captures = []
+        for series in client.search(f"/studies/{study}/series", {}, SERIES_UID):
+            for sop in client.search(f"/studies/{study}/series/{series}/instances", {}, SOP_UID):
+                instance = pydicom.dcmread(io.BytesIO(client.retrieve_instance(study, series, sop)))
+                if "Grad-CAM" in instance.get("SeriesDescription", ""):
+                    captures.append(instance)
+        assert {c.SeriesInstanceUID for c in captures} - {source.SeriesInstanceUID, sr_series}
+        assert any(c.PatientID == source.PatientID and c.PhotometricInterpretation == "RGB" for c in captures)
 
 
 def test_a_real_worker_fetches_from_the_pacs(pacs, cluster_settings, tmp_path):

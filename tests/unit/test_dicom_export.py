@@ -1,5 +1,6 @@
-"""``cxr jobs export-dicom``: an SR per scored DICOM film of a folder job, kept in object storage
-without the patient's identity (the PACS round trip: tests/integration/test_dicomweb_orthanc.py)."""
+"""``cxr jobs export-dicom``: an SR per scored DICOM film of a folder job, and its Grad-CAM overlay
+as a Secondary Capture, kept in object storage without the patient's identity (the PACS round
+trip: tests/integration/test_dicomweb_orthanc.py)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def test_export_writes_an_sr_per_scored_dicom_film(settings, tmp_path):
     (archive / "no-series.dcm").write_bytes(make_dicom(np.roll(RAMP, 3, axis=1)))  # an SR cannot reference it
     (archive / "lateral.dcm").write_bytes(make_dicom(RAMP.T.copy(), view="LL"))
     (archive / "plain.png").write_bytes(support.synthetic_png(5, (64, 64)))
-    job = submit(settings, str(archive), "tiny@production")
+    job = submit(settings, str(archive), "tiny@production", explain="all")
     dispose_engines()
 
     out = json.loads(run_cxr("jobs", "export-dicom", job.job_id, "--json", data_dir=settings.data_dir).stdout)
@@ -52,6 +53,18 @@ def test_export_writes_an_sr_per_scored_dicom_film(settings, tmp_path):
     assert any("not for diagnostic use" in text for text in texts)
     for value in ("Doe^Jane", IDENTIFIERS["PatientID"], IDENTIFIERS["PatientBirthDate"], "ACC-9-SECRET"):
         assert value.encode() not in data, value
+
+    (overlay_key,) = out["overlay_keys"]
+    overlay = open_store(settings=settings).get(overlay_key)
+    sc = pydicom.dcmread(io.BytesIO(overlay))
+    assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and sc.PhotometricInterpretation == "RGB"
+    assert sc.StudyInstanceUID == sr.StudyInstanceUID and sc.SeriesInstanceUID not in (
+        sr.SeriesInstanceUID,
+        series["SeriesInstanceUID"],
+    )
+    assert "not for diagnostic use" in sc.SeriesDescription and sc.pixel_array.shape[-1] == 3
+    for value in ("Doe^Jane", IDENTIFIERS["PatientID"], IDENTIFIERS["PatientBirthDate"], "ACC-9-SECRET"):
+        assert value.encode() not in overlay, value
 
     refused = run_cxr(
         "jobs", "export-dicom", job.job_id, "--write-back", data_dir=settings.data_dir, check=False
