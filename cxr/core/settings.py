@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     )
     patient_id_salt: SecretStr | None = Field(
         default=None,
-        description="Salt for hashing patient ids and DICOM UIDs. Unset: a random salt is "
+        description="Salt for hashing patient ids and DICOM UIDs (and sealing the UIDs in "
+        "dicomweb:// image URIs, so every host needs the same). Unset: a random salt is "
         "created once in $CXR_DATA_DIR/patient-id-salt (mode 0600). Set it in production so "
         "every host hashes alike.",
     )

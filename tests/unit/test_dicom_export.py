@@ -18,6 +18,7 @@ from tests.dicom_files import IDENTIFIERS, make_dicom
 from tests.unit.test_cli_models import run_cxr
 
 RAMP = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (64, 1))
+pytestmark = pytest.mark.slow  # the CLI in a subprocess
 
 
 @pytest.fixture
