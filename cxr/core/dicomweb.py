@@ -200,8 +200,9 @@ class DicomWebClient:
                 found = [str(item[uid_tag]["Value"][0]) for item in page]
             except (ValueError, KeyError, IndexError, TypeError) as exc:
                 raise PermanentError(f"DICOMweb search {path} gave an unreadable answer") from exc
+            before = len(uids)
             uids.update(found)
-            if len(page) < self.page_size:
+            if len(page) < self.page_size or len(uids) == before:  # last page, or offset ignored
                 break
             offset += len(page)
         return sorted(uids)
