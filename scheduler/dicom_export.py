@@ -78,7 +78,9 @@ def _code(value: str, meaning: str, scheme: str = _SCHEME) -> Any:
     return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
 
 
-def build_sr(source: Any, row: ImageRow, model: dict[str, Any], series_uid: str, sop_uid: str) -> Any:
+def build_sr(
+    source: Any, row: ImageRow, model: dict[str, Any], series_uid: str, sop_uid: str, instance_number: int = 1
+) -> Any:
     """The SR for one scored image: ``source`` is its header (pydicom dataset, no pixels
     needed), ``model`` holds name, version, sha256, classes and operating points."""
     import highdicom as hd
@@ -144,7 +146,7 @@ def build_sr(source: Any, row: ImageRow, model: dict[str, Any], series_uid: str,
         series_instance_uid=series_uid,
         series_number=9901,
         sop_instance_uid=sop_uid,
-        instance_number=1,
+        instance_number=instance_number,
         manufacturer="cxr (research software)",
         is_complete=False,  # CompletionFlag PARTIAL
         is_final=False,
@@ -163,7 +165,9 @@ def _as_evidence(source: Any) -> Any:
     return evidence
 
 
-def build_overlay_sc(source: Any, overlay_png: bytes, series_uid: str, sop_uid: str) -> Any:
+def build_overlay_sc(
+    source: Any, overlay_png: bytes, series_uid: str, sop_uid: str, instance_number: int = 1
+) -> Any:
     """The Grad-CAM overlay (an RGB PNG the worker rendered) as a Secondary Capture in the
     source's study, a new series; labelled as a research result in its descriptions."""
     import highdicom as hd
@@ -181,7 +185,7 @@ def build_overlay_sc(source: Any, overlay_png: bytes, series_uid: str, sop_uid: 
         series_instance_uid=series_uid,
         series_number=9902,
         sop_instance_uid=sop_uid,
-        instance_number=1,
+        instance_number=instance_number,
         manufacturer="cxr (research software)",
         patient_orientation=_orientation(source),
     )
@@ -271,8 +275,6 @@ def export_job(settings: Settings, job_id: str, *, write_back: bool = False) -> 
         "classes": manifest.classes,
         "operating_points": {name: point.threshold for name, point in manifest.operating_points.items()},
     }
-    series_uid = generate_uid(entropy_srcs=["cxr-sr-series", job_id])
-    sc_series_uid = generate_uid(entropy_srcs=["cxr-sc-series", job_id])
     store = open_store(settings=settings)
     written = skipped = unusable = 0
     keys: list[str] = []
@@ -282,9 +284,13 @@ def export_job(settings: Settings, job_id: str, *, write_back: bool = False) -> 
         if source is None:
             skipped += 1
             continue
-        sop_uid = generate_uid(entropy_srcs=["cxr-sr", job_id, row.sha256 or row.uri])
         try:
-            sr = build_sr(source, row, model, series_uid, sop_uid)
+            # A series lives in one study: one SR series (and one SC series) per job and study.
+            study = str(source.StudyInstanceUID)
+            series_uid = generate_uid(entropy_srcs=["cxr-sr-series", job_id, study])
+            sc_series_uid = generate_uid(entropy_srcs=["cxr-sc-series", job_id, study])
+            sop_uid = generate_uid(entropy_srcs=["cxr-sr", job_id, row.sha256 or row.uri])
+            sr = build_sr(source, row, model, series_uid, sop_uid, instance_number=written + 1)
         except (AttributeError, KeyError, TypeError, ValueError) as exc:  # one bad header, one SR
             log.warning("no SR for image %s of job %s: %s", row.sha256, job_id, one_line(exc))
             unusable += 1
@@ -300,7 +306,7 @@ def export_job(settings: Settings, job_id: str, *, write_back: bool = False) -> 
             continue
         sc_uid = generate_uid(entropy_srcs=["cxr-sc", job_id, row.sha256 or row.uri])
         try:
-            sc = build_overlay_sc(source, read_uri(overlay, settings), sc_series_uid, sc_uid)
+            sc = build_overlay_sc(source, read_uri(overlay, settings), sc_series_uid, sc_uid, written)
         except (CxrError, OSError, AttributeError, KeyError, TypeError, ValueError) as exc:
             log.warning("no overlay SC for image %s of job %s: %s", row.sha256, job_id, one_line(exc))
             continue

@@ -208,11 +208,13 @@ def test_results_go_back_to_the_pacs_as_structured_reports(pacs, settings):
         if row.outcome == "scored":
             scored[row.join_keys[2]] = row  # sop_uid_hash
     client = client_for(parse_source(server.dicomweb_source).base_url, settings)
+    sr_series_by_study: dict[str, str] = {}
     for name in ("cr-pa", "dx-jpeg-lossless", "dx-jpeg2000"):
         source_uid, source_data = files[name]
         source = pydicom.dcmread(io.BytesIO(source_data), stop_before_pixels=True)
         study = source.StudyInstanceUID
         (sr_series,) = client.search(f"/studies/{study}/series", {"Modality": "SR"}, SERIES_UID)
+        sr_series_by_study[study] = sr_series
         sops = client.search(f"/studies/{study}/series/{sr_series}/instances", {}, SOP_UID)
         reports = [pydicom.dcmread(io.BytesIO(client.retrieve_instance(study, sr_series, s))) for s in sops]
         (sr,) = [r for r in reports if _sr_values(r)["Source of Measurement"] == source_uid]
@@ -237,6 +239,7 @@ def test_results_go_back_to_the_pacs_as_structured_reports(pacs, settings):
                     captures.append(instance)
         assert {c.SeriesInstanceUID for c in captures} - {source.SeriesInstanceUID, sr_series}
         assert any(c.PatientID == source.PatientID and c.PhotometricInterpretation == "RGB" for c in captures)
+    assert len(sr_series_by_study) == 2 and len(set(sr_series_by_study.values())) == 2  # a series per study
 
 
 def test_a_real_worker_fetches_from_the_pacs(pacs, cluster_settings, tmp_path):
