@@ -18,7 +18,6 @@ from tests.dicom_files import IDENTIFIERS, make_dicom
 from tests.unit.test_cli_models import run_cxr
 
 RAMP = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (64, 1))
-pytestmark = pytest.mark.slow  # the CLI in a subprocess
 
 
 @pytest.fixture
@@ -28,6 +27,7 @@ def settings(tmp_path):
     dispose_engines()
 
 
+@pytest.mark.slow  # the CLI in a subprocess
 def test_export_writes_an_sr_per_scored_dicom_film(settings, tmp_path):
     from scheduler.submit import submit
 
@@ -71,3 +71,25 @@ def test_export_writes_an_sr_per_scored_dicom_film(settings, tmp_path):
         "jobs", "export-dicom", job.job_id, "--write-back", data_dir=settings.data_dir, check=False
     )
     assert refused.returncode != 0 and "dicomweb://" in refused.stderr + refused.stdout
+
+
+def test_the_sr_holds_the_operating_point_decisions_and_the_shift_flag():
+    from scheduler.dicom_export import build_sr
+    from scheduler.summary import ImageRow
+
+    source = pydicom.dcmread(io.BytesIO(make_dicom(RAMP, overrides={"SeriesInstanceUID": "1.2.3.4"})))
+    row = ImageRow(
+        uri="file:///a.dcm", sha256="0" * 64, outcome="scored", label="covid", confidence=0.7,
+        probabilities={"covid": 0.7, "normal": 0.2, "pneumonia": 0.1}, failure_stage=None,
+        failure_reason=None, skip_reason=None, shift_percentile=99.5, out_of_distribution=True,
+    )  # fmt: skip
+    model = {"name": "m", "version": 3, "sha256": "a" * 64, "classes": ["covid", "normal", "pneumonia"],
+             "operating_points": {"covid": 0.65, "pneumonia": 0.3}}  # fmt: skip
+    sr = build_sr(source, row, model, "1.2.3.9", "1.2.3.9.1")
+    values = {item.ConceptNameCodeSequence[0].CodeMeaning: item for item in sr.ContentSequence}
+    assert values["covid at the operating point 0.6500"].TextValue == "positive"
+    assert values["pneumonia at the operating point 0.3000"].TextValue == "negative"
+    assert values["Unlike the training data"].TextValue == "yes"
+    assert float(values["Probability of normal"].MeasuredValueSequence[0].NumericValue) == pytest.approx(0.2)
+    assert values["Algorithm Version"].TextValue == "3" and values["Model file SHA-256"].TextValue == "a" * 64
+    assert sr.CompletionFlag == "PARTIAL" and sr.VerificationFlag == "UNVERIFIED"
