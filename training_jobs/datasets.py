@@ -216,7 +216,12 @@ def _load_one(
     """(sha256, preprocessed pixels), or the reason the image was dropped."""
     try:
         data = _read(store, entry, process_fetcher(settings))
-        decoded = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        decoded = decode_image(
+            data,
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            target_side=contract.decode_side,  # as the worker decodes: the same pixels
+        )
         return hashlib.sha256(data).hexdigest(), preprocess_gray(decoded.pixels, contract, lungs)
     except (ImageError, ObjectNotFound) as exc:
         log.warning("skipping %s: %s", entry.ref, exc)

@@ -131,6 +131,7 @@ def prepare_image(uri: str, fetcher: ObjectFetcher, runtime: ModelRuntime, setti
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
             hasher=functools.partial(hash_identifier, settings=settings),
+            target_side=runtime.contract.decode_side,
         )
     except ImageSkipped as exc:  # readable, but outside what we score (e.g. a lateral view)
         return SkippedImage(uri, sha256, str(exc))

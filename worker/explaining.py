@@ -123,7 +123,10 @@ def explain_uris(
         try:
             data = fetcher.fetch(uri)
             pixels = decode_image(
-                data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+                data,
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+                target_side=runtime.contract.decode_side,  # the pixels the scores came from
             ).pixels
         except TransientError:
             raise

@@ -55,7 +55,12 @@ def explain(
         paths = images[start : start + _CHUNK]
         blobs = [path.read_bytes() for path in paths]
         decoded = [
-            decode_image(b, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels).pixels
+            decode_image(
+                b,
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+                target_side=runtime.contract.decode_side,
+            ).pixels
             for b in blobs
         ]
         try:

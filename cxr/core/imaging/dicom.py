@@ -5,6 +5,10 @@ Order matters and follows the standard: stored values → modality LUT (rescale 
 study/SOP instance UIDs) leave this module only as salted hashes, through the ``hasher`` the
 caller passes; names, birth dates and every other tag are never read out at all.
 
+Given a ``target_side`` (the decode-scale rule of ``decode``), the stored integers are first
+reduced by an area mean of k×k blocks, so that the LUTs and every float array work on the small
+film, never on a full-size one.
+
 A file from an archive can lie anywhere, so every stage turns pydicom's exceptions into an
 ``ImageError`` naming the stage (read, header, pixel data, modality LUT, VOI LUT, window), and the
 header is checked against the limit and against the pixel data it describes *before* pydicom
@@ -31,6 +35,8 @@ from cxr.core.imaging.decode import (
     DecodedImage,
     _check_size,
     _min_max,
+    area_reduce,
+    decode_factor,
     describe,
 )
 
@@ -86,6 +92,7 @@ def decode_dicom(
     max_pixels: int,
     hasher: Callable[[str], str] | None = None,
     allowed_views: frozenset[str] | None = FRONTAL_VIEWS,
+    target_side: int | None = None,
 ) -> DecodedImage:
     import pydicom
 
@@ -104,15 +111,15 @@ def decode_dicom(
         raise ImageSkipped(f"DICOM view position {view!r} is not frontal ({'/'.join(sorted(allowed_views))})")
     header = _read_header(ds)
     _check_header(header, ds, max_pixels)
-    stored = _pixel_array(ds, header)
+    full = _pixel_array(ds, header)
+    stored = _reduced(full, decode_factor(header.rows, header.cols, target_side))
 
     if stored.ndim == 3 and stored.shape[-1] == 3:  # colour secondary capture: no LUTs apply
-        windowed = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        pixels = _min_max(stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
     elif stored.ndim == 2:
-        windowed = _apply_luts(stored, ds)
+        pixels = _gray_unit(full, stored, ds)
     else:
         raise ImageError(f"DICOM pixel array has shape {stored.shape}; expected one gray frame")
-    pixels = _min_max(windowed)
     if header.photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
     return DecodedImage(
@@ -120,6 +127,7 @@ def decode_dicom(
         format="DICOM",
         bit_depth=header.bits_stored or header.bits_allocated,
         metadata=_safe_metadata(ds, view, hasher),
+        film_size=(header.rows, header.cols),
     )
 
 
@@ -200,6 +208,31 @@ def _pixel_array(ds: Any, header: _PixelHeader) -> np.ndarray:
         raise ImageError(f"cannot decode DICOM pixel data: {describe(exc)}") from exc
     except _PYDICOM_ERRORS as exc:
         raise ImageError(f"corrupt DICOM pixel data: {describe(exc)}") from exc
+
+
+def _gray_unit(full: np.ndarray, stored: np.ndarray, ds: Any) -> np.ndarray:
+    """The LUTs applied to ``stored`` (``full`` or its reduction), stretched onto [0, 1].
+
+    The stretch runs from the lowest to the highest value after the LUTs *on the full film*:
+    block means never reach the full film's extremes (its noise), so stretching a reduced film
+    by its own would brighten it. The full film's extreme stored values go through the LUTs with
+    the reduced film (a linear window and a VOI LUT curve are monotonic, so their images are the
+    full film's extremes after the LUTs) and are dropped after the stretch."""
+    if stored is full:
+        return _min_max(_apply_luts(full, ds))
+    extremes = np.array([full.min(), full.max()], dtype=full.dtype)
+    values = _apply_luts(np.concatenate([stored.ravel(), extremes]), ds)
+    return _min_max(values)[:-2].reshape(stored.shape)
+
+
+def _reduced(stored: np.ndarray, factor: int) -> np.ndarray:
+    """The stored values, area-reduced by ``factor`` while still integers (a 12-bit film's block
+    means are 12-bit values, which the modality and VOI LUTs take as they are)."""
+    if factor <= 1 or stored.ndim not in (2, 3) or min(stored.shape[:2]) // factor < 1:
+        return stored
+    if stored.dtype == np.bool_:
+        stored = stored.astype(np.uint8)
+    return area_reduce(stored, factor)
 
 
 def _decoder_available(syntax: Any) -> bool:
