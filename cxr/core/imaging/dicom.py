@@ -111,8 +111,11 @@ def decode_dicom(
         raise ImageSkipped(f"DICOM view position {view!r} is not frontal ({'/'.join(sorted(allowed_views))})")
     header = _read_header(ds)
     _check_header(header, ds, max_pixels)
-    full = _pixel_array(ds, header)
-    stored = _reduced(full, decode_factor(header.rows, header.cols, target_side))
+    factor = decode_factor(header.rows, header.cols, target_side)
+    full = _native_pixels(ds, header) if factor > 1 else None
+    if full is None:
+        full = _pixel_array(ds, header)
+    stored = _reduced(full, factor)
 
     if stored.ndim == 3 and stored.shape[-1] == 3:  # colour secondary capture: no LUTs apply
         pixels = _min_max(stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
@@ -215,14 +218,49 @@ def _gray_unit(full: np.ndarray, stored: np.ndarray, ds: Any) -> np.ndarray:
 
     The stretch runs from the lowest to the highest value after the LUTs *on the full film*:
     block means never reach the full film's extremes (its noise), so stretching a reduced film
-    by its own would brighten it. The full film's extreme stored values go through the LUTs with
-    the reduced film (a linear window and a VOI LUT curve are monotonic, so their images are the
-    full film's extremes after the LUTs) and are dropped after the stretch."""
+    by its own would brighten it. For a reduced film the LUTs are applied once to every stored
+    value between the full film's extremes (at most ``_MAX_TABLE`` of them: a 12-bit film has
+    4,096), and the reduced film is looked up in that table. A linear window and a VOI LUT curve
+    are monotonic, so the table's extremes after the LUTs are the full film's."""
     if stored is full:
         return _min_max(_apply_luts(full, ds))
-    extremes = np.array([full.min(), full.max()], dtype=full.dtype)
+    low, high = int(full.min()), int(full.max())
+    if stored.dtype.kind in "ui" and high - low < _MAX_TABLE:
+        levels = np.arange(low, high + 1, dtype=np.int64).astype(full.dtype)
+        table = _min_max(_apply_luts(levels, ds))
+        return table[np.subtract(stored, low, dtype=np.int64)]
+    extremes = np.array([low, high], dtype=full.dtype)
     values = _apply_luts(np.concatenate([stored.ravel(), extremes]), ds)
     return _min_max(values)[:-2].reshape(stored.shape)
+
+
+#: The most stored values a reduced film's LUT table holds (a 16-bit film's whole range).
+_MAX_TABLE = 1 << 16
+
+
+def _native_pixels(ds: Any, header: _PixelHeader) -> np.ndarray | None:
+    """An uncompressed little-endian, unsigned, single-frame gray film's stored values as a view
+    of the pixel data (no copy; ``area_reduce`` reads it once). None where pydicom must decode:
+    anything else, or bits above ``BitsStored`` set (pydicom masks them)."""
+    if (
+        header.frames != 1
+        or header.samples != 1
+        or header.bits_allocated not in (8, 16)
+        or _is_compressed(header)
+        or not header.syntax.is_little_endian
+    ):
+        return None
+    try:
+        if int(ds.get("PixelRepresentation", 0) or 0) != 0:
+            return None
+        dtype = np.uint8 if header.bits_allocated == 8 else np.dtype("<u2")
+        view = np.frombuffer(ds.PixelData, dtype=dtype, count=header.rows * header.cols)
+    except (*_PYDICOM_ERRORS, TypeError):
+        return None
+    view = view.reshape(header.rows, header.cols)
+    if 0 < header.bits_stored < header.bits_allocated and int(view.max()) >> header.bits_stored:
+        return None
+    return view
 
 
 def _reduced(stored: np.ndarray, factor: int) -> np.ndarray:
