@@ -420,6 +420,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="also write the JSON object to this file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    args.batch_size = Settings(inference_batch_size=args.batch_size).batch_size_for(model_on_cpu=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     result = measure(args)
     if args.out:

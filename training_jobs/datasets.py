@@ -24,6 +24,7 @@ import csv
 import hashlib
 import io
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -228,6 +229,11 @@ def _load_one(
         return "unreadable"
 
 
+def _cores() -> int:
+    """Cores this process may run on (its affinity, which containers narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def load_dataset(
     source: str,
     classes: Sequence[str],
@@ -260,7 +266,9 @@ def load_dataset(
     if limit is not None and limit < len(mapped):
         keep = np.sort(np.random.default_rng(seed).choice(len(mapped), size=limit, replace=False))
         mapped = [mapped[i] for i in keep]
-    with ThreadPoolExecutor(max_workers=settings.decode_threads) as pool:
+    # No model runs while a set loads: every core may decode.
+    threads = settings.decode_threads_for(model_on_cpu=False, cores=_cores())
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         results = list(pool.map(lambda pair: _load_one(store, pair[0], contract, settings, lungs), mapped))
 
     seen: set[str] = set()

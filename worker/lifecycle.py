@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -42,6 +43,21 @@ def available_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, os.cpu_count() or 1)
+
+
+@functools.cache
+def model_on_cpu() -> bool:
+    """True unless TensorFlow sees a GPU (it then places the model there), which decides the
+    defaults of the batch size and the decode threads (``Settings.batch_size_for``). It imports
+    TensorFlow, so it is called once a model is loaded, never from the lifecycle hooks."""
+    import tensorflow as tf
+
+    return not tf.config.list_physical_devices("GPU")
+
+
+def process_cores() -> int:
+    """This process's share of the cores: they are split evenly between the pool's processes."""
+    return max(1, available_cores() // _pool_processes)
 
 
 def inference_threads(settings: Settings, processes: int, cores: int) -> int:

@@ -22,6 +22,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SECRET_MASK = "***"
 
+#: Defaults of ``inference_batch_size`` and ``decode_threads`` left at 0 (``Settings.batch_size_for``).
+CPU_BATCH_SIZE, GPU_BATCH_SIZE, CPU_DECODE_THREADS = 8, 32, 2
+
 
 class Settings(BaseSettings):
     """The effective configuration. Every field maps to ``CXR_<FIELD_NAME>``."""
@@ -84,9 +87,18 @@ class Settings(BaseSettings):
         description="Images whose header claims more pixels are refused before decoding "
         "(decompression bombs).",
     )
-    inference_batch_size: int = Field(default=32, ge=1, description="Images per forward pass.")
+    inference_batch_size: int = Field(
+        default=0,
+        ge=0,
+        description="Images per forward pass; 0: 8 where the model runs on the CPU (a small batch "
+        "keeps a layer's activations in cache), 32 on a GPU (see ``batch_size_for``).",
+    )
     decode_threads: int = Field(
-        default=2, ge=1, description="Threads that fetch and decode while the model infers."
+        default=0,
+        ge=0,
+        description="Threads that fetch and decode while the model infers; 0: 2 where the model "
+        "runs on the CPU (it needs the cores), else one per core of this process's share: on a GPU "
+        "worker decoding is all the CPU does (see ``decode_threads_for``).",
     )
     shift_policy: Literal["flag", "abstain"] = Field(
         default="flag",
@@ -239,6 +251,18 @@ class Settings(BaseSettings):
         delivered again (the design asks for at least three times the longest chunk).
         """
         return 4 * self.task_time_limit_s
+
+    def batch_size_for(self, model_on_cpu: bool) -> int:
+        """``inference_batch_size``, or its default for where the model runs."""
+        return self.inference_batch_size or (CPU_BATCH_SIZE if model_on_cpu else GPU_BATCH_SIZE)
+
+    def decode_threads_for(self, model_on_cpu: bool, cores: int) -> int:
+        """``decode_threads``, or its default: ``CPU_DECODE_THREADS`` beside a model on the CPU
+        (measured best on 2 cores, docs/WORKER.md), else one per core (``cores``: this process's
+        share), at least that many."""
+        if self.decode_threads:
+            return self.decode_threads
+        return CPU_DECODE_THREADS if model_on_cpu else max(CPU_DECODE_THREADS, cores)
 
     @property
     def in_process(self) -> bool:
