@@ -174,3 +174,18 @@ def test_a_dicom_with_bits_above_bits_stored_is_decoded_by_pydicom(film):
     slow, fast = both(buffer.getvalue())
     clean_slow, clean_fast = both(dicom_bytes(film))
     assert np.array_equal(slow.pixels, clean_slow.pixels) and np.array_equal(fast.pixels, clean_fast.pixels)
+
+
+@pytest.mark.parametrize("mode", ["F", "I"])
+def test_32_bit_tiffs_keep_the_full_films_range(mode):
+    """Float and 32-bit integer TIFFs are stretched by the full film's extremes (F) or scaled by
+    its peak (I) whether reduced or not: the reduced film is the full one's block means."""
+    film = synthetic_film(np.random.default_rng(2), 1200, 1000)
+    values = film * 3.0e5 - 1.0e3 if mode == "F" else np.round(film * 3.0e5).astype(np.int32)
+    buffer = io.BytesIO()
+    Image.fromarray(values.astype(np.float32 if mode == "F" else np.int32), mode).save(buffer, "TIFF")
+    contract = InputContract(height=64, width=64, channels=1)
+    slow, fast = both(buffer.getvalue(), contract)
+    assert fast.scale == 7.0 and fast.bit_depth == slow.bit_depth == 32
+    reduced_slow = area_reduce(slow.pixels, 7)
+    assert np.abs(reduced_slow - fast.pixels).max() < 1e-3

@@ -3,6 +3,9 @@
 The contract every decoder returns (``DecodedImage.pixels``): float32, shape (height, width),
 values in [0, 1], 0 = black, MONOCHROME2 (air dark, bone bright), EXIF orientation applied.
 
+Everything that can go wrong with a file from a hospital archive (empty, truncated, not an image,
+a decompression bomb, a thumbnail, an animation) is refused *here*, with the reason.
+
 Decode scale: a caller that knows the model's input (``InputContract.decode_side``) passes it as
 ``target_side``, and a large film is then decoded already reduced, in its own integer domain,
 before anything is converted to float: a JPEG by DCT-domain scaling (Pillow's ``draft``, factors
@@ -12,8 +15,6 @@ factor is always the largest allowed one that keeps the film's shorter side at l
 pixel spans, so that anything located on the decoded pixels (an explanation's map or box) maps
 back onto the original film by multiplying by it. Without ``target_side`` the film is decoded at
 full size (the slow path the fast one is tested against).
-Everything that can go wrong with a file from a hospital archive (empty, truncated, not an image,
-a decompression bomb, a thumbnail, an animation) is refused *here*, with the reason.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class DecodedImage:
     metadata: dict[str, Any] = field(default_factory=dict)  # never identifying values in clear
     #: The film's own (height, width), after EXIF orientation; None: the pixels' shape.
     film_size: tuple[int, int] | None = None
+    #: Film pixels per decoded pixel, the decode factor (1 at full size): decoded coordinates ×
+    #: scale = film coordinates (a reduction drops the last, partial block of rows and columns).
+    scale: float = 1.0
 
     @property
     def height(self) -> int:
@@ -54,12 +58,6 @@ class DecodedImage:
     @property
     def width(self) -> int:
         return self.film_size[1] if self.film_size else int(self.pixels.shape[1])
-
-    @property
-    def scale(self) -> float:
-        """Film pixels per decoded pixel (1.0 at full size): decoded coordinates × scale = film
-        coordinates."""
-        return self.width / int(self.pixels.shape[1])
 
 
 def is_dicom(data: bytes) -> bool:
@@ -228,6 +226,7 @@ def _decode_with_pillow(data: bytes, *, max_pixels: int, target_side: int | None
         if fmt == "JPEG" and image.mode in ("L", "RGB", "YCbCr"):
             _jpeg_draft(image, decode_factor(height, width, target_side, JPEG_FACTORS))
         image.load()
+        jpeg_scale = round(width / image.size[0])  # the DCT scale libjpeg used (1 without draft)
         quarter_turn = image.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8)
         image = ImageOps.exif_transpose(image) or image
         film_size = (width, height) if quarter_turn else (height, width)
@@ -235,7 +234,8 @@ def _decode_with_pillow(data: bytes, *, max_pixels: int, target_side: int | None
         pixels, bit_depth = _to_gray_unit(image, factor)
     except _PILLOW_ERRORS as exc:
         raise ImageError(f"truncated or corrupt {fmt}: {describe(exc)}") from exc
-    return DecodedImage(pixels=pixels, format=fmt, bit_depth=bit_depth, film_size=film_size)
+    scale = jpeg_scale if fmt == "JPEG" else factor if pixels.shape != film_size else 1
+    return DecodedImage(pixels=pixels, format=fmt, bit_depth=bit_depth, film_size=film_size, scale=scale)
 
 
 def _jpeg_draft(image: Image.Image, factor: int) -> None:
@@ -255,13 +255,15 @@ def _to_gray_unit(image: Image.Image, factor: int = 1) -> tuple[np.ndarray, int]
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         levels = area_reduce(np.asarray(image).astype(np.uint16, copy=False), factor)
         return np.divide(levels, np.float32(65535.0), dtype=np.float32), 16
-    if mode == "I":
-        array = np.asarray(area_reduce(np.asarray(image), factor), dtype=np.float64)
-        top = 65535.0 if array.max(initial=0) <= 65535 else float(array.max())
+    if mode == "I":  # the full film's maximum decides the scale, as without reduction
+        full = np.asarray(image)
+        peak = int(full.max(initial=0))
+        array = np.asarray(area_reduce(full, factor), dtype=np.float64)
+        top = 65535.0 if peak <= 65535 else float(peak)
         return (np.clip(array, 0, None) / top).astype(np.float32), 16 if top == 65535.0 else 32
     if mode == "F":
-        array = area_reduce(np.asarray(image, dtype=np.float32), factor)
-        return _min_max(array), 32
+        full = np.asarray(image, dtype=np.float32)
+        return _min_max(area_reduce(full, factor), (float(full.min()), float(full.max()))), 32
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -273,14 +275,15 @@ def _to_gray_unit(image: Image.Image, factor: int = 1) -> tuple[np.ndarray, int]
     return np.divide(levels, np.float32(255.0), dtype=np.float32), 8  # one pass
 
 
-def _min_max(array: np.ndarray) -> np.ndarray:
-    """Stretch ``array`` onto [0, 1] (a flat image becomes black).
+def _min_max(array: np.ndarray, bounds: tuple[float, float] | None = None) -> np.ndarray:
+    """Stretch ``array`` onto [0, 1] (a flat image becomes black); ``bounds`` (low, high) are the
+    full film's extremes when ``array`` is its reduction (block means never reach them).
 
     NaN or infinity in a radiograph's values (a float TIFF, a DICOM rescaled past float range)
     means a corrupt file, not a dark pixel: refused rather than silently replaced. Values near
     float32's limits, or a range too narrow for float32 to divide by, are stretched in float64.
     """
-    low, high = float(array.min()), float(array.max())  # NaN anywhere makes both NaN
+    low, high = bounds or (float(array.min()), float(array.max()))  # NaN anywhere makes both NaN
     if not (np.isfinite(low) and np.isfinite(high)):
         raise ImageError("image holds non-finite pixel values (NaN or infinity)")
     if high <= low:

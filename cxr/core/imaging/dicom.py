@@ -131,6 +131,7 @@ def decode_dicom(
         bit_depth=header.bits_stored or header.bits_allocated,
         metadata=_safe_metadata(ds, view, hasher),
         film_size=(header.rows, header.cols),
+        scale=1 if stored is full else factor,
     )
 
 
