@@ -12,7 +12,8 @@ Each image also gets a *source* (the hospital or collection it came from; see ``
 on public COVID sets the source nearly gives the label away, so reports break figures down by it
 and leave-source-out evaluation holds whole sources back.
 
-Images are decoded by ``decode_image`` (the worker's decoder) and brought to the model's size by
+Images are decoded by ``decode_image`` (the worker's decoder, reduced by the same rule,
+``InputContract.decode_side``) and brought to the model's size by
 ``preprocess`` (the worker's preprocessing) exactly once, into memory. Exact duplicates (same
 sha256) are dropped before anything else sees them, so one film can never sit in both the
 training and the test split.
