@@ -1,6 +1,6 @@
 """Every Prometheus series the worker exports, in one place, and the per-process endpoint.
 
-Labels stay low-cardinality: model name, version, predicted label, outcome, stage. Never an
+Labels stay low-cardinality: model name, version, outcome, predicted class, failing stage. Never an
 image, a job id or a URI. Under the prefork pool each child serves its own port (base + pool
 index), so no two processes bind the same port and no multiprocess directory is needed.
 """
@@ -21,11 +21,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# One label per meaning: ``class`` is set only for scored images, ``stage`` only for failed
+# ones (both empty for a skip), so ``sum by (class)`` and ``sum by (stage)`` never mix the two.
 IMAGES_SCORED = Counter(
     "cxr_images_scored",
-    "Images handled by the worker; outcome=scored (label = predicted class) or failed "
-    "(label = the stage that failed).",
-    ["model", "version", "label", "outcome"],
+    "Images handled by the worker, by outcome (scored, failed, skipped); class = the predicted "
+    "class of a scored image, stage = the FailureStage of a failed one (empty otherwise).",
+    ["model", "version", "outcome", "class", "stage"],
 )
 
 # A chunk is tens to a few hundred images: well under a second on a GPU, minutes on a busy CPU,
@@ -94,19 +96,29 @@ for _stage in STAGES:
 
 
 def model_loaded(name: str, version: int, sha256: str, classes: Iterable[str], seconds: float) -> None:
-    """Record a load; pre-create the model's scored counters at zero, one per class."""
+    """Record a load; pre-create the model's scored counters at zero, one per class, and its
+    explanation counters, one per method and outcome (a dashboard then shows 0, not a gap)."""
+    from cxr.explain.methods import METHODS  # no TensorFlow: only the registry of names
+
     MODEL_LOAD_SECONDS.labels(model=name).observe(seconds)
     MODEL_INFO.labels(model=name, version=str(version), sha256=sha256).set(1)
     for label in classes:
-        IMAGES_SCORED.labels(model=name, version=str(version), label=label, outcome=Outcome.SCORED.value)
+        IMAGES_SCORED.labels(name, str(version), Outcome.SCORED.value, label, "")
+    for method in METHODS:
+        for outcome in ("explained", "failed"):
+            EXPLANATIONS.labels(name, str(version), method, outcome)
 
 
-def count_images(model: ResolvedModel, outcome: Outcome, label: str, n: int = 1) -> None:
-    """Count ``n`` images of one outcome: ``label`` is the predicted class of a scored image,
-    the ``FailureStage`` of a failed one, empty for a skip. Every failure row the worker
-    writes is counted here, including a whole chunk given up (``results.give_up_chunk``)."""
-    if n:
-        IMAGES_SCORED.labels(model.name, str(model.version), str(label), outcome.value).inc(n)
+def count_images(model: ResolvedModel, outcome: Outcome, detail: str, n: int = 1) -> None:
+    """Count ``n`` images of one outcome: ``detail`` is the predicted class of a scored image
+    (label ``class``), the ``FailureStage`` of a failed one (label ``stage``), ignored for a
+    skip. Every failure row the worker writes is counted here, including a whole chunk given up
+    (``results.give_up_chunk``)."""
+    if not n:
+        return
+    klass = str(detail) if outcome is Outcome.SCORED else ""
+    stage = str(detail) if outcome is Outcome.FAILED else ""
+    IMAGES_SCORED.labels(model.name, str(model.version), outcome.value, klass, stage).inc(n)
 
 
 def model_labels(runtime: ModelRuntime) -> tuple[str, str]:
