@@ -51,7 +51,53 @@ def test_rules_cover_the_required_alerts():
         "CxrQueueBacklogGrowing",
         "CxrNoWorkerUp",
         "CxrThroughputCollapse",
+        "CxrExporterDown",
+        "CxrNoProgress",
+        "CxrArchiveUnlikeTrainingData",
     } <= names
+
+
+RULES_TEST = DEPLOY / "prometheus" / "rules_test.yml"
+
+
+def test_promtool_unit_tests_of_the_rules_pass():
+    result = promtool("test", "rules", str(RULES_TEST))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_a_case_that_fires_and_one_that_stays_quiet():
+    cases: dict[str, set[bool]] = {}
+    for group in yaml.safe_load(RULES_TEST.read_text())["tests"]:
+        for case in group["alert_rule_test"]:
+            cases.setdefault(case["alertname"], set()).add(bool(case.get("exp_alerts")))
+    assert {name: {True, False} for name, _ in prom.rule_exprs()} == cases
+
+
+def alerts() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(prom.RULES.read_text())["groups"] for rule in group["rules"]]
+
+
+def markdown_anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", path.read_text(), flags=re.M)
+    return {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_alert_links_a_runbook_section_that_exists():
+    for rule in alerts():
+        path, anchor = rule["annotations"]["runbook_url"].split("#")
+        assert anchor in markdown_anchors(DEPLOY.parent / path), rule["alert"]
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+
+
+def test_no_rule_or_panel_names_a_scrape_job():
+    """Job names differ between compose and Kubernetes; targets are selected by cxr_component."""
+    exprs = [expr for _, expr in prom.rule_exprs()] + [expr for _, expr in prom.panel_targets()]
+    assert not [expr for expr in exprs if re.search(r"\bjob\s*=", expr)]
+    for job in SCRAPE["scrape_configs"]:
+        (relabel,) = job["relabel_configs"]
+        assert relabel["target_label"] == "cxr_component"
+        assert relabel["replacement"] in ("worker", "exporter")
 
 
 def test_dashboard_uses_the_provisioned_datasource():
