@@ -100,13 +100,81 @@ def test_no_rule_or_panel_names_a_scrape_job():
         assert relabel["replacement"] in ("worker", "exporter")
 
 
-def test_dashboard_uses_the_provisioned_datasource():
-    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
-    uid = datasource["datasources"][0]["uid"]
-    panels = list(prom.panel_targets())
-    assert len(panels) >= 10
-    for panel in json.loads(prom.DASHBOARD.read_text())["panels"]:
-        assert panel["datasource"]["uid"] == uid, panel["title"]
+DASHBOARD = json.loads(prom.DASHBOARD.read_text())
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    return [p for p in DASHBOARD["panels"] if p["type"] != "row"]
+
+
+def test_dashboard_imports_into_any_grafana():
+    """No hard-wired datasource uid: every panel and query uses the ``datasource`` variable, and
+    ``__inputs`` lets the import dialog pick a Prometheus."""
+    (ds_input,) = DASHBOARD["__inputs"]
+    assert (ds_input["type"], ds_input["pluginId"]) == ("datasource", "prometheus")
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    assert (variables["datasource"]["type"], variables["datasource"]["query"]) == ("datasource", "prometheus")
+    assert {"model", "version", "instance"} <= set(variables)
+    expected = {"type": "prometheus", "uid": "${datasource}"}
+    for item in [*dashboard_panels(), *(t for p in dashboard_panels() for t in p["targets"])]:
+        assert item["datasource"] == expected, item.get("title", item.get("expr"))
+    for name in ("model", "version", "instance"):
+        assert variables[name]["datasource"] == expected
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
+    assert len(dashboard_panels()) >= 20
+    ids = [p["id"] for p in DASHBOARD["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_dashboard_panels_have_thresholds_units_and_the_rate_interval():
+    for panel in dashboard_panels():
+        defaults = panel["fieldConfig"]["defaults"]
+        title = panel["title"]
+        assert defaults.get("unit"), title
+        if panel["type"] == "stat":  # 0 workers up must not show green
+            assert len(defaults["thresholds"]["steps"]) >= 2, title
+        for _, expr in prom.panel_targets({"panels": [panel]}, raw=True):
+            assert "$__rate_interval" in expr or not re.search(r"\brate\(", expr), (title, expr)
+            counted = re.search(r"\brate\(cxr_images_scored_total|rate\(cxr_explanations_total", expr)
+            if counted and "/" not in expr:  # a count per second, never a bare 'short'
+                assert defaults["unit"].endswith("/s"), title
+            if "cxr_stage_duration_seconds_sum" in expr:  # seconds per second: a busy share
+                assert defaults["unit"] == "percentunit", title
+
+
+def test_dashboard_shows_the_signals_operators_asked_for():
+    exprs = " ".join(expr for _, expr in prom.panel_targets(raw=True))
+    for series in [
+        "cxr_explanations_total",
+        "cxr_model_load_seconds",
+        "cxr_model_cache_hits_total",
+        "cxr_predictions_out_of_distribution",
+        "cxr_promotion_decisions",
+        "cxr_queue_depth",
+        'up{cxr_component="exporter"}',
+    ]:
+        assert series in exprs, series
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path):
+    """promtool parses each panel query (variables replaced as Grafana does) as a recording rule."""
+    rules = [{"record": f"cxr:panel{i}", "expr": expr} for i, (_, expr) in enumerate(prom.panel_targets())]
+    path = tmp_path / "panels.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
+    result = promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_queries_only_catalogued_series():
+    from tests.metrics_catalogue import catalogue
+
+    known = set(catalogue()) | {"up"}
+    exprs = [expr for _, expr in prom.panel_targets(raw=True)] + [expr for _, expr in prom.rule_exprs()]
+    exprs += [v["definition"] for v in DASHBOARD["templating"]["list"] if "definition" in v]
+    for expr in exprs:
+        for name in re.findall(r"\b((?:cxr|process|python)_[a-z0-9_]+|up)\s*[{\[),]", expr):
+            base = re.sub(r"_(bucket|sum|count)$", "", name)
+            assert name in known or base in known, (name, expr)
 
 
 def env_names(environment: Any) -> dict[str, str]:
