@@ -49,7 +49,7 @@ def panel_targets(dashboard: dict[str, Any] | None = None, raw: bool = False) ->
         stack.extend(panel.get("panels", []))
         for target in panel.get("targets", []):
             expr = target["expr"]
-            for name, value in ([] if raw else DASHBOARD_VARIABLES.items()):
+            for name, value in [] if raw else DASHBOARD_VARIABLES.items():
                 expr = expr.replace(name, value)
             yield panel["title"], expr
 
