@@ -1,6 +1,7 @@
-"""The shipped deployment files are consistent with the code: promtool accepts the Prometheus files;
-compose and Kubernetes name only real settings, agree on ports with the scrape config, keep
-credentials in the Secret, and reference only files that exist."""
+"""The shipped deployment files are consistent with the code: promtool accepts and unit-tests the
+Prometheus files; the dashboard imports anywhere and queries real series; compose names only real
+settings, agrees on ports with the scrape config and references only files that exist.
+Kubernetes: tests/unit/test_deploy_k8s.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from tests import prometheus_support as prom
 
 DEPLOY = prom.DEPLOY
 COMPOSE = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
-K8S = [doc for p in sorted((DEPLOY / "k8s").glob("*.yaml")) for doc in yaml.safe_load_all(p.read_text())]
 SCRAPE = yaml.safe_load(prom.PROMETHEUS_CONFIG.read_text())
 #: Settings holding credentials: the SecretStr fields and the URLs that carry a password.
 CREDENTIALS = {
@@ -241,62 +241,6 @@ def test_exporter_scrape_target_matches_its_port():
     environment = env_names(COMPOSE["services"][host]["environment"])
     assert int(port) == int(environment.get("CXR_EXPORTER_PORT", Settings().exporter_port))
     assert COMPOSE["services"][host]["command"][:2] == ["cxr", "exporter"]
-
-
-def k8s(kind: str) -> list[dict[str, Any]]:
-    return [doc for doc in K8S if doc and doc["kind"] == kind]
-
-
-def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    spec = doc["spec"]["template"]["spec"] if doc["kind"] in ("Deployment", "Job") else doc["spec"]
-    return spec["containers"]
-
-
-def test_k8s_names_only_real_settings_and_credentials_only_in_the_secret():
-    assert {"CXR_S3_SECRET_ACCESS_KEY", "CXR_PATIENT_ID_SALT"} <= CREDENTIALS
-    (config,) = k8s("ConfigMap")
-    (secret,) = k8s("Secret")
-    for var in [*config["data"], *secret["stringData"]]:
-        assert var.removeprefix("CXR_").lower() in Settings.model_fields, var
-    assert not CREDENTIALS & set(config["data"])
-    assert set(secret["stringData"]) >= CREDENTIALS
-    assert not any(re.search(r"://[^/@]*:[^/@]+@", value) for value in config["data"].values())
-    for doc in [*k8s("Deployment"), *k8s("Job")]:
-        for container in containers(doc):
-            for item in container.get("env", []):
-                assert item["name"].removeprefix("CXR_").lower() in Settings.model_fields, item
-                assert item["name"] not in CREDENTIALS, item
-            refs = {next(iter(ref.values()))["name"] for ref in container.get("envFrom", [])}
-            assert refs == {config["metadata"]["name"], secret["metadata"]["name"]}, doc["metadata"]["name"]
-
-
-def port_setting(container: dict[str, Any]) -> int:
-    env = {item["name"]: item["value"] for item in container.get("env", [])}
-    return int(env.get("CXR_METRICS_PORT") or env.get("CXR_EXPORTER_PORT"))
-
-
-@pytest.mark.parametrize("name", ["cxr-gpu-worker", "cxr-exporter"])
-def test_k8s_metrics_ports_agree(name):
-    (deployment,) = (d for d in k8s("Deployment") if d["metadata"]["name"] == name)
-    (container,) = containers(deployment)
-    port = port_setting(container)
-    assert {p["containerPort"] for p in container["ports"] if p["name"] == "metrics"} == {port}
-    labels = deployment["spec"]["template"]["metadata"]["labels"]
-    services = [s for s in k8s("Service") if s["spec"]["selector"].items() <= labels.items()]
-    assert services, f"no Service selects {name}"
-    for service in services:
-        assert {p["port"] for p in service["spec"]["ports"]} == {port}
-    annotated = [deployment["spec"]["template"]["metadata"], *(s["metadata"] for s in services)]
-    ports = {int(m["annotations"]["prometheus.io/port"]) for m in annotated if "annotations" in m}
-    assert ports == {port}
-
-
-def test_k8s_gpu_worker_requests_one_gpu():
-    (worker,) = (d for d in k8s("Deployment") if d["metadata"]["name"] == "cxr-gpu-worker")
-    (container,) = containers(worker)
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert container["command"][:6] == ["celery", "-A", "worker", "worker", "-Q", "gpu"]
-    assert concurrency(container["command"]) == 1
 
 
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
