@@ -91,6 +91,7 @@ def config_for(targets: dict[str, list[str]], interval: str = "1s") -> dict[str,
     config["rule_files"] = [str(RULES)]
     for job in config["scrape_configs"]:
         job.update(scrape_interval=interval, scrape_timeout=interval)
+        job.pop("dns_sd_configs", None)  # compose service names: not resolvable here
         job["static_configs"] = [{"targets": targets[job["job_name"]]}]
     return config
 

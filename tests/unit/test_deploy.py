@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -204,16 +205,74 @@ def test_compose_references_existing_files():
 
 def test_compose_has_the_services_of_the_system():
     services = set(COMPOSE["services"])
-    assert {"redis", "postgres", "minio", "minio-init", "migrate", "gpu-worker", "cpu-worker"} <= services
-    assert {"exporter", "prometheus", "grafana"} <= services
+    assert {"redis", "postgres", "minio", "minio-init", "migrate", "cpu-worker", "beat", "cli"} <= services
+    assert {"scoring-worker", "gpu-worker", "exporter", "prometheus", "alertmanager", "grafana"} <= services
     gpu = COMPOSE["services"]["gpu-worker"]
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert COMPOSE["services"]["migrate"]["command"] == ["cxr", "db", "upgrade"]
 
 
-def scrape_targets(job: str) -> list[str]:
-    (config,) = (c for c in SCRAPE["scrape_configs"] if c["job_name"] == job)
-    return [target for group in config["static_configs"] for target in group["targets"]]
+def test_compose_is_valid_against_the_compose_spec():
+    command = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]
+    result = subprocess.run(
+        [*command, str(DEPLOY / "docker-compose.yml")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def worker_queues(service: dict[str, Any]) -> set[str]:
+    command = service.get("command", [])
+    if command[:4] != ["celery", "-A", "worker", "worker"]:
+        return set()
+    return set(command[command.index("-Q") + 1].split(","))
+
+
+def default_profiles() -> set[str]:
+    env = dict(line.split("=", 1) for line in (DEPLOY / ".env").read_text().splitlines() if "=" in line)
+    return {p for p in env["COMPOSE_PROFILES"].split(",") if p and not p.startswith("#")}
+
+
+@pytest.mark.parametrize("profiles", [None, {"cpu"}, {"gpu"}])
+def test_every_queue_has_exactly_one_scoring_consumer_per_profile(profiles):
+    """A CPU-only host scores by default (deploy/.env); the gpu profile swaps in the GPU worker."""
+    active = default_profiles() if profiles is None else profiles
+    running = {n: s for n, s in COMPOSE["services"].items() if set(s.get("profiles", [])) <= active}
+    consumers = [n for n, s in running.items() if "gpu" in worker_queues(s)]
+    assert len(consumers) == 1, (active, consumers)
+    assert {"train", "default"} <= set().union(*(worker_queues(s) for s in running.values()))
+    assert default_profiles() == {"cpu"}
+
+
+def test_compose_images_are_pinned():
+    for name, service in COMPOSE["services"].items():
+        image, _, tag = service["image"].rpartition(":")
+        # a version with at least a minor number: never 'latest', never a moving '7-alpine'
+        assert image and re.match(r"v?\d+\.\d+|RELEASE\.", tag), (name, service["image"])
+
+
+def test_the_cli_and_scoring_workers_see_the_archive_at_the_same_path():
+    services = COMPOSE["services"]
+    mount = services["cli"]["volumes"]
+    assert mount == services["scoring-worker"]["volumes"] == services["gpu-worker"]["volumes"]
+    (volume,) = mount
+    default = re.fullmatch(r"\$\{CXR_ARCHIVE_DIR:-([^}]+)\}:/archive:ro", volume)
+    assert default and (DEPLOY / default[1] / "manifest.csv").is_file()  # the worked example's films
+    assert services["cli"]["entrypoint"] == ["cxr"] and services["cli"]["profiles"] == ["cli"]
+
+
+def test_prometheus_sends_alerts_to_the_compose_alertmanager():
+    (manager,) = SCRAPE["alerting"]["alertmanagers"]
+    (target,) = manager["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    assert f"{port}:{port}" in COMPOSE["services"][host]["ports"]
+    config = COMPOSE["services"][host]["volumes"][0].split(":")[0]
+    result = subprocess.run(
+        [prom.binary("amtool"), "check-config", str(DEPLOY / config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def concurrency(command: list[str]) -> int:
@@ -221,18 +280,21 @@ def concurrency(command: list[str]) -> int:
 
 
 def test_worker_scrape_targets_match_the_compose_metrics_ports():
-    for target in scrape_targets("cxr-worker"):
-        host, port = target.rsplit(":", 1)
-        service = COMPOSE["services"][host]
-        base = int(env_names(service["environment"])["CXR_METRICS_PORT"])
-        assert 0 <= int(port) - base < concurrency(service["command"]), target  # base + pool index
+    """Every process of every worker service is found by the DNS discovery, and nothing else."""
+    (config,) = (c for c in SCRAPE["scrape_configs"] if c["job_name"] == "cxr-worker")
+    scraped = {(name, sd["port"]) for sd in config["dns_sd_configs"] for name in sd["names"]}
     expected = {
-        f"{name}:{int(env_names(s['environment'])['CXR_METRICS_PORT']) + i}"
+        (name, int(env_names(s["environment"])["CXR_METRICS_PORT"]) + i)
         for name, s in COMPOSE["services"].items()
-        if s.get("command", [])[:4] == ["celery", "-A", "worker", "worker"]
+        if worker_queues(s)
         for i in range(concurrency(s["command"]))
     }
-    assert set(scrape_targets("cxr-worker")) == expected  # every worker process is scraped
+    assert scraped == expected
+
+
+def scrape_targets(job: str) -> list[str]:
+    (config,) = (c for c in SCRAPE["scrape_configs"] if c["job_name"] == job)
+    return [target for group in config["static_configs"] for target in group["targets"]]
 
 
 def test_exporter_scrape_target_matches_its_port():
