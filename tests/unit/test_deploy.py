@@ -279,6 +279,12 @@ def concurrency(command: list[str]) -> int:
     return int(command[command.index("--concurrency") + 1]) if "--concurrency" in command else 1
 
 
+def metrics_ports(service: dict[str, Any]) -> int:
+    """Ports a worker serves: one for the whole pool in multiprocess mode, else one per process."""
+    one_port = "PROMETHEUS_MULTIPROC_DIR" in env_names(service["environment"])
+    return 1 if one_port else concurrency(service["command"])
+
+
 def test_worker_scrape_targets_match_the_compose_metrics_ports():
     """Every process of every worker service is found by the DNS discovery, and nothing else."""
     (config,) = (c for c in SCRAPE["scrape_configs"] if c["job_name"] == "cxr-worker")
@@ -287,7 +293,7 @@ def test_worker_scrape_targets_match_the_compose_metrics_ports():
         (name, int(env_names(s["environment"])["CXR_METRICS_PORT"]) + i)
         for name, s in COMPOSE["services"].items()
         if worker_queues(s)
-        for i in range(concurrency(s["command"]))
+        for i in range(metrics_ports(s))
     }
     assert scraped == expected
 
