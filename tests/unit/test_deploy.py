@@ -335,6 +335,10 @@ def test_every_deploy_path_exists():
         "grafana/provisioning/dashboards/cxr.yml",
         "prometheus/prometheus.yml",
         "prometheus/rules.yml",
+        "prometheus/rules_test.yml",
+        "alertmanager/alertmanager.yml",
+        "k8s/generate.py",
+        ".env",
     ]:
         assert (DEPLOY / path).is_file(), path
     assert Path(prom.RULES).name in SCRAPE["rule_files"]
