@@ -85,6 +85,37 @@ class Settings(BaseSettings):
         "(decompression bombs).",
     )
     inference_batch_size: int = Field(default=32, ge=1, description="Images per forward pass.")
+    # ---- a PACS as a source (dicomweb:// and dicomwebs://, cxr.core.dicomweb) -----------------
+    dicomweb_username: str | None = Field(default=None, description="DICOMweb basic-auth user name.")
+    dicomweb_password: SecretStr | None = Field(default=None, description="DICOMweb basic-auth password.")
+    dicomweb_token: SecretStr | None = Field(
+        default=None, description="DICOMweb bearer token (used instead of the user name and password)."
+    )
+    dicomweb_timeout_s: float = Field(default=60.0, gt=0, description="Timeout of one DICOMweb request.")
+    dicomweb_page_size: int = Field(
+        default=500, ge=1, description="QIDO-RS results asked for per page (limit/offset paging)."
+    )
+    # ---- which DICOM objects are scored (cxr.core.imaging.dicom_policy); others are skipped --
+    dicom_modalities: str = Field(default="CR,DX", description="DICOM modalities scored, comma-separated.")
+    dicom_body_parts: str = Field(
+        default="CHEST", description="BodyPartExamined values scored, comma-separated (absent is scored)."
+    )
+    dicom_views: str = Field(
+        default="PA,AP", description="ViewPosition values scored, comma-separated (absent is scored)."
+    )
+    dicom_photometric: str = Field(
+        default="MONOCHROME1,MONOCHROME2,RGB,YBR_FULL,YBR_FULL_422",
+        description="PhotometricInterpretation values scored, comma-separated.",
+    )
+    dicom_skip_burned_in: bool = Field(
+        default=True, description="Skip DICOM images with BurnedInAnnotation YES (text in the pixels)."
+    )
+    dicom_skip_derived: bool = Field(
+        default=True, description="Skip DICOM images whose ImageType is DERIVED or SECONDARY."
+    )
+    dicom_skip_for_processing: bool = Field(
+        default=True, description="Skip DICOM images whose PresentationIntentType is FOR PROCESSING."
+    )
     decode_threads: int = Field(
         default=2, ge=1, description="Threads that fetch and decode while the model infers."
     )

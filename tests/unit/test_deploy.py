@@ -325,7 +325,13 @@ def test_dockerfiles_copy_existing_files_and_run_as_non_root(dockerfile):
 def test_gpu_image_keeps_the_gpu_build():
     text = (DEPLOY / "Dockerfile.gpu").read_text()
     assert re.search(r"^FROM tensorflow/tensorflow:\$\{TF_VERSION\}-gpu$", text, flags=re.M)
-    assert 'pip install ".[gpu]"' in text and "pip uninstall -y tensorflow-cpu" in text
+    assert 'pip install ".[gpu,dicom]"' in text and "pip uninstall -y tensorflow-cpu" in text
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.gpu"])
+def test_images_decode_compressed_dicom(dockerfile):
+    """PACS exports are mostly JPEG-lossless, JPEG-LS or JPEG 2000: both images need the decoders."""
+    assert re.search(r'pip install "\.\[[a-z,]*\bdicom\b[a-z,]*\]"', (DEPLOY / dockerfile).read_text())
 
 
 def test_every_deploy_path_exists():
