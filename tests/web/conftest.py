@@ -55,7 +55,7 @@ def web_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def web_server(tmp_path_factory) -> Iterator[WebServer]:
     root = tmp_path_factory.mktemp("web")
     settings = Settings(data_dir=root / "cxr-data")
