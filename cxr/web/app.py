@@ -48,8 +48,11 @@ class SecurityHeaders(BaseHTTPMiddleware):
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         length = request.headers.get("content-length")
-        if request.method == "POST" and length and length.isdigit() and int(length) > self.max_body:
-            response: Response = too_large(request, int(length), self.max_body)
+        if request.method == "POST" and not (length and length.isdigit()):
+            # A body of unannounced length would be spooled whole before any limit applies.
+            response: Response = PlainTextResponse("a request body needs a Content-Length", status_code=411)
+        elif request.method == "POST" and int(length) > self.max_body:
+            response = too_large(request, int(length), self.max_body)
         else:
             response = await call_next(request)
         response.headers.setdefault("Content-Security-Policy", PAGE_CSP)

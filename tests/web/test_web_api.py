@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.dicom_files import make_dicom
 from tests.web.conftest import MAX_UPLOAD_BYTES, SAMPLE_FILM, TOKEN, XSS_NAME, web_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -129,6 +130,19 @@ def test_predict_answers_what_the_worker_stored_for_the_same_film(web_server):
     assert "Research use only" in result["intended_use"]
 
 
+def _film_pixels() -> np.ndarray:
+    return np.asarray(Image.open(SAMPLE_FILM).convert("L"), dtype=np.uint16) * 257
+
+
+def test_a_dicom_film_is_scored(web_server):
+    with web_server.client() as client:
+        answer = client.post("/api/v1/predict", files={"file": ("film.dcm", make_dicom(_film_pixels()))})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    assert result["image"] == {"format": "DICOM", "width": 384, "height": 384}
+    assert result["label"] in result["probabilities"]
+
+
 def _csv(web_server) -> str:
     with web_server.client(token=None) as browser:
         browser.post("/login", data={"token": TOKEN})
@@ -147,6 +161,15 @@ def test_uploads_over_the_limits_are_refused_clearly(web_server):
         assert wide.status_code == 422 and "pixel" in wide.json()["detail"]
         junk = client.post("/api/v1/predict", files={"file": ("notes.png", b"hello, not a film")})
         assert junk.status_code == 422 and "not a recognised image" in junk.json()["detail"]
+        lateral_dicom = make_dicom(_film_pixels(), view="LL")
+        lateral = client.post("/api/v1/predict", files={"file": ("lat.dcm", lateral_dicom)})
+        assert lateral.status_code == 422 and "not frontal" in lateral.json()["detail"]
+        chunked = client.post(
+            "/api/v1/predict",
+            content=iter([b"--x\r\n"]),
+            headers={"Content-Type": "multipart/form-data; boundary=x"},
+        )
+        assert chunked.status_code == 411
         unknown = client.post(
             "/api/v1/predict",
             params={"model": "nosuch@production"},
