@@ -13,6 +13,7 @@ import secrets
 import click
 
 from cxr.cli.common import handle_errors, ready_settings
+from cxr.core.settings import get_settings
 
 
 def is_loopback(host: str) -> bool:
@@ -45,7 +46,7 @@ def web(host: str | None, port: int | None, generate_token: bool) -> None:
 
     from cxr.web.app import create_app
 
-    settings = ready_settings()
+    settings = get_settings()
     host = host or settings.web_host
     port = port or settings.web_port
     if settings.web_token is not None and settings.web_token.get_secret_value():
@@ -63,6 +64,7 @@ def web(host: str | None, port: int | None, generate_token: bool) -> None:
             "value (`export CXR_WEB_TOKEN=$(openssl rand -hex 32)`), "
             "or on 127.0.0.1 run `cxr web --generate-token` for a one-off token."
         )
+    settings = ready_settings()  # the token is settled first: a refusal touches no database
     if not is_loopback(host):
         click.echo(
             f"warning: binding {host}: put a TLS proxy in front; the token travels in every request", err=True

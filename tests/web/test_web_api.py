@@ -222,3 +222,26 @@ def test_refuses_to_start_without_a_token(tmp_path):
     assert plain.returncode == 2 and "CXR_WEB_TOKEN is not set" in plain.stderr
     exposed = run("--generate-token", "--host", "0.0.0.0", "--port", "1")
     assert exposed.returncode == 2 and "loopback addresses only" in exposed.stderr
+
+
+def test_a_running_job_shows_live_progress(web_server):
+    """The list and the job page refresh themselves (a meta refresh: no script) while a job runs."""
+    from cxr.core.db.models import Job, JobStatus
+    from cxr.core.db.session import session_scope
+    from modelstore import open_model_store
+    from tests.worker_support import create_job
+
+    resolved = open_model_store(web_server.settings).resolve("cxr@production")
+    job_id = create_job(web_server.settings, resolved.to_dict(), total=40)
+    try:
+        with web_server.client() as client:
+            polled = client.get(f"/api/v1/jobs/{job_id}").json()
+        with web_server.client(token=None) as browser:
+            browser.post("/login", data={"token": TOKEN})
+            listing, page = browser.get("/jobs").text, browser.get(f"/jobs/{job_id}").text
+    finally:  # the other tests share this server: leave no job running
+        with session_scope(web_server.settings) as session:
+            session.get(Job, job_id).status = JobStatus.CANCELLED
+    assert (polled["status"], polled["done"], polled["progress"]) == ("running", 0, 0.0)
+    assert '<meta http-equiv="refresh" content="5">' in listing
+    assert '<meta http-equiv="refresh" content="5">' in page and "0 of 40 images" in page
