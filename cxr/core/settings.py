@@ -204,6 +204,11 @@ class Settings(BaseSettings):
         description="Most pixels an uploaded film may claim in its header (422 past it), checked "
         "before decoding: a 5k×5k film, far above any radiograph.",
     )
+    web_cookie_secure: bool = Field(
+        default=False,
+        description="Mark the session cookie Secure (sent over HTTPS only): set it when `cxr web` "
+        "is reached through a TLS proxy. A request that arrives over HTTPS gets it anyway.",
+    )
     web_session_hours: float = Field(
         default=8.0, gt=0, description="How long a login to the web pages lasts (one shift)."
     )

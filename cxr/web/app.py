@@ -8,7 +8,9 @@ own styles and images, is served with a stricter policy still (no scripts, sandb
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -70,12 +72,21 @@ def too_large(request: Request, size: int, limit: int) -> Response:
     return PlainTextResponse(message, status_code=413)
 
 
-def create_app(settings: Settings, token: str) -> FastAPI:
-    """The application for these settings; ``token`` is the secret every request must prove."""
+def create_app(settings: Settings, token: str, warm_up: bool = True) -> FastAPI:
+    """The application for these settings; ``token`` is the secret every request must prove.
+    ``warm_up`` loads the default model in the background at start, so the first film does not
+    wait for TensorFlow to import."""
     from cxr.web import api, pages
     from cxr.web.inference import Predictor
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if warm_up:
+            app.state.predictor.warm_up_in_background(settings.web_model)
+        yield
+
     app = FastAPI(
+        lifespan=lifespan,
         title="cxr",
         version=__version__,
         description="Chest X-ray screening: score one film, submit and follow bulk jobs, read the "

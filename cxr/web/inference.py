@@ -11,6 +11,7 @@ decoded pixels and the overlay live only for the request.
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +20,11 @@ import numpy as np
 
 from cxr import INTENDED_USE
 from cxr.core.imaging import decode_image
+from cxr.core.outcomes import one_line
 from cxr.core.settings import Settings
 from modelstore import open_model_store
+
+log = logging.getLogger(__name__)
 
 #: One film at a time through TensorFlow: the web serves people, not batches, and this bounds
 #: the memory a burst of uploads can take.
@@ -72,11 +76,25 @@ class Predictor:
     """Resolves ``NAME@REF`` and runs one film through the cached runtime."""
 
     def __init__(self, settings: Settings) -> None:
-        from worker.model_cache import ModelCache
+        from worker.model_cache import process_cache
 
         self.settings = settings
         self.store = open_model_store(settings, catalogue=False)
-        self.cache = ModelCache(settings)
+        # The process's cache: with no broker, jobs scored in this process share its models.
+        self.cache = process_cache(settings)
+
+    def warm_up_in_background(self, model_ref: str) -> None:
+        """Load ``model_ref`` now, in a thread; a model that cannot load is only logged (the
+        request that asks for it will say why)."""
+
+        def load() -> None:
+            try:
+                with _INFERENCE_LOCK:
+                    self.cache.get(self.store.resolve(model_ref))
+            except Exception as exc:  # the server still starts: uploads name their model
+                log.warning("default model %s not loaded at start: %s", model_ref, one_line(exc))
+
+        threading.Thread(target=load, name="cxr-web-warm-up", daemon=True).start()
 
     def predict(self, data: bytes, model_ref: str) -> FilmResult:
         """Decode, score and explain one film. Raises ``ImageError`` for a film that cannot be

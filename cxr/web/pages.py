@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from cxr import INTENDED_USE
-from cxr.core.errors import ImageError, PermanentError
+from cxr.core.errors import ImageError, ModelStoreError, PermanentError
 from cxr.web import catalog
 from cxr.web.api import JOB_ID, MODEL_REF, job_detail
 from cxr.web.app import REPORT_CSP
@@ -116,7 +116,7 @@ async def login(request: Request, token: str = Form(""), next: str = Form("/")) 
         max_age=auth.session_seconds,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=request.app.state.settings.web_cookie_secure or request.url.scheme == "https",
         path="/",
     )
     return response
@@ -175,6 +175,8 @@ async def predict(
         return render(
             request, "upload.html", status=exc.status_code, result=None, error=exc.detail, **context
         )
+    except ModelStoreError as exc:
+        return render(request, "upload.html", status=404, result=None, error=str(exc), **context)
     except ImageError as exc:
         return render(
             request,
