@@ -34,6 +34,24 @@ def require_token(
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
 
 
+class ErrorOut(BaseModel):
+    """Why a request was refused, in one sentence."""
+
+    detail: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    meaning = {
+        401: "No or wrong bearer token.",
+        404: "No such model, alias or job.",
+        411: "The request body has no Content-Length.",
+        413: "The film is over CXR_WEB_MAX_UPLOAD_BYTES.",
+        422: "Not a readable film (the reason says why: format, pixels over CXR_WEB_MAX_UPLOAD_PIXELS, "
+        "a lateral view), or invalid parameters.",
+    }
+    return {code: {"model": ErrorOut, "description": meaning[code]} for code in codes}
+
+
 class ExplanationOut(BaseModel):
     method: str
     explained_class: str
@@ -120,7 +138,12 @@ async def read_upload(file: UploadFile, limit: int) -> bytes:
     return data
 
 
-@router.post("/predict", response_model=PredictOut, summary="Score and explain one film")
+@router.post(
+    "/predict",
+    response_model=PredictOut,
+    summary="Score and explain one film",
+    responses=_errors(401, 404, 411, 413, 422),
+)
 async def predict(
     request: Request,
     file: Annotated[UploadFile, File(description="One film: PNG, JPEG or DICOM.")],
@@ -163,7 +186,13 @@ def _submit(settings: Any, job: JobIn) -> dict[str, Any]:
     }
 
 
-@router.post("/jobs", response_model=JobSubmittedOut, status_code=202, summary="Submit a bulk scoring job")
+@router.post(
+    "/jobs",
+    response_model=JobSubmittedOut,
+    status_code=202,
+    summary="Submit a bulk scoring job",
+    responses=_errors(401, 404, 411),
+)
 async def submit_job(request: Request, job: JobIn) -> dict[str, Any]:
     """Exactly ``cxr score SOURCE --model MODEL``: the model version is pinned now, the source is
     walked and cut into chunks for the workers. Submitting the same source and model again
@@ -171,7 +200,7 @@ async def submit_job(request: Request, job: JobIn) -> dict[str, Any]:
     return await run_in_threadpool(_submit, request.app.state.settings, job)
 
 
-@router.get("/jobs", response_model=JobsOut, summary="List jobs, newest first")
+@router.get("/jobs", response_model=JobsOut, summary="List jobs, newest first", responses=_errors(401))
 async def jobs(request: Request, limit: int = Query(default=100, ge=1, le=1000)) -> dict[str, Any]:
     return {"jobs": await run_in_threadpool(catalog.list_jobs, request.app.state.settings, limit)}
 
@@ -197,12 +226,19 @@ def job_detail(settings: Any, job_id: str) -> dict[str, Any]:
     }
 
 
-@router.get("/jobs/{job_id}", response_model=JobDetailOut, summary="Poll one job")
+@router.get(
+    "/jobs/{job_id}", response_model=JobDetailOut, summary="Poll one job", responses=_errors(401, 404)
+)
 async def job(request: Request, job_id: str = PathParam(pattern=JOB_ID)) -> dict[str, Any]:
     return await run_in_threadpool(job_detail, request.app.state.settings, job_id)
 
 
-@router.get("/models", response_model=ModelsOut, summary="Models, versions, aliases, metrics with CIs")
+@router.get(
+    "/models",
+    response_model=ModelsOut,
+    summary="Models, versions, aliases, metrics with CIs",
+    responses=_errors(401),
+)
 async def models(request: Request) -> dict[str, Any]:
     return await run_in_threadpool(catalog.list_models, request.app.state.settings)
 

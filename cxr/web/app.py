@@ -9,7 +9,6 @@ own styles and images, is served with a stricter policy still (no scripts, sandb
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
@@ -27,8 +26,6 @@ from cxr.core.errors import CxrError, ModelNotFound, ObjectNotFound
 from cxr.core.settings import Settings, scrub_secrets
 from cxr.web.auth import Authenticator
 
-log = logging.getLogger(__name__)
-
 STATIC = Path(__file__).parent / "static"
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -44,9 +41,10 @@ MULTIPART_OVERHEAD = 64 * 1024
 class SecurityHeaders(BaseHTTPMiddleware):
     """Security headers on every response, and uploads too large refused before they are read."""
 
-    def __init__(self, app: object, max_body: int) -> None:
+    def __init__(self, app: object, max_body: int, max_film: int) -> None:
         super().__init__(app)  # type: ignore[arg-type]
-        self.max_body = max_body
+        self.max_body = max_body  # the film and its multipart framing
+        self.max_film = max_film
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         length = request.headers.get("content-length")
@@ -54,7 +52,7 @@ class SecurityHeaders(BaseHTTPMiddleware):
             # A body of unannounced length would be spooled whole before any limit applies.
             response: Response = PlainTextResponse("a request body needs a Content-Length", status_code=411)
         elif request.method == "POST" and int(length) > self.max_body:
-            response = too_large(request, int(length), self.max_body)
+            response = too_large(request, int(length), self.max_film)
         else:
             response = await call_next(request)
         response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
@@ -66,7 +64,7 @@ class SecurityHeaders(BaseHTTPMiddleware):
 
 
 def too_large(request: Request, size: int, limit: int) -> Response:
-    message = f"the upload is {size} bytes, over the {limit}-byte limit (CXR_WEB_MAX_UPLOAD_BYTES)"
+    message = f"the upload is {size} bytes, over the {limit}-byte limit for a film (CXR_WEB_MAX_UPLOAD_BYTES)"
     if request.url.path.startswith("/api/"):
         return JSONResponse({"detail": message}, status_code=413)
     return PlainTextResponse(message, status_code=413)
@@ -99,7 +97,11 @@ def create_app(settings: Settings, token: str, warm_up: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.auth = Authenticator(token, settings.web_session_hours * 3600)
     app.state.predictor = Predictor(settings)
-    app.add_middleware(SecurityHeaders, max_body=settings.web_max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(
+        SecurityHeaders,
+        max_body=settings.web_max_upload_bytes + MULTIPART_OVERHEAD,
+        max_film=settings.web_max_upload_bytes,
+    )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.include_router(api.router)
     app.include_router(pages.router)

@@ -103,8 +103,15 @@ def test_the_openapi_schema_documents_every_route_and_every_answer_matches_it(we
             "post", "/api/v1/jobs", client.post("/api/v1/jobs", json={"source": "x", "explain": "nope"})
         )
         assert bad["detail"]
-        missing = client.get("/api/v1/jobs/0123456789abcdef")
-        assert missing.status_code == 404 and "no job" in missing.json()["detail"]
+        missing = check("get", "/api/v1/jobs/{job_id}", client.get("/api/v1/jobs/0123456789abcdef"))
+        assert "no job" in missing["detail"]
+        unknown = client.post("/api/v1/predict", params={"model": "nosuch"}, files={"file": ("f.jpg", b"x")})
+        assert unknown.status_code == 422  # not a film: refused before any model is resolved
+        check("post", "/api/v1/predict", unknown)
+        big = client.post("/api/v1/predict", files={"file": ("f.png", b"\0" * (2 * MAX_UPLOAD_BYTES))})
+        assert check("post", "/api/v1/predict", big)["detail"]
+        with web_server.client(token=None) as anonymous:
+            check("get", "/api/v1/models", anonymous.get("/api/v1/models"))
 
 
 def test_predict_answers_what_the_worker_stored_for_the_same_film(web_server):
@@ -153,6 +160,8 @@ def test_uploads_over_the_limits_are_refused_clearly(web_server):
     with web_server.client() as client:
         big = client.post("/api/v1/predict", files={"file": ("big.png", b"\0" * (MAX_UPLOAD_BYTES + 10))})
         assert big.status_code == 413 and "byte limit" in big.json()["detail"]
+        huge = client.post("/api/v1/predict", files={"file": ("huge.png", b"\0" * (3 * MAX_UPLOAD_BYTES))})
+        assert huge.status_code == 413 and f"{MAX_UPLOAD_BYTES}-byte limit" in huge.json()["detail"]
         # Small in bytes, too many pixels: refused from the header, before decoding.
         buffer = io.BytesIO()
         Image.fromarray(np.zeros((1500, 1500), np.uint8)).save(buffer, format="PNG")
