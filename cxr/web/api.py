@@ -35,9 +35,10 @@ router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)])
 
 
 class ErrorOut(BaseModel):
-    """Why a request was refused, in one sentence."""
+    """Why a request was refused: one sentence, or for invalid parameters FastAPI's list of
+    what failed where."""
 
-    detail: str
+    detail: str | list[dict[str, Any]]
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
