@@ -179,8 +179,8 @@ class Settings(BaseSettings):
     web_token: SecretStr | None = Field(
         default=None,
         description="Secret that `cxr web` requires: the API takes it as `Authorization: Bearer "
-        "...`, the pages through a login form. Unset: `cxr web` refuses to start (except on "
-        "127.0.0.1 with --insecure-no-token, for a laptop demo).",
+        "...`, the pages through a login form. Unset: `cxr web` refuses to start (on a loopback "
+        "address, `cxr web --generate-token` makes a one-off token instead).",
     )
     web_host: str = Field(
         default="127.0.0.1",
