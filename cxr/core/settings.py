@@ -206,6 +206,44 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 
+    # ---- the web front door (`cxr web`) -----------------------------------------------------
+    web_token: SecretStr | None = Field(
+        default=None,
+        description="Secret that `cxr web` requires: the API takes it as `Authorization: Bearer "
+        "...`, the pages through a login form. Unset: `cxr web` refuses to start (on a loopback "
+        "address, `cxr web --generate-token` makes a one-off token instead).",
+    )
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="Address `cxr web` binds. Only this machine by default; put a TLS proxy in "
+        "front before binding anything else.",
+    )
+    web_port: int = Field(default=8080, ge=1, le=65535, description="Port `cxr web` listens on.")
+    web_model: str = Field(
+        default="cxr@production",
+        description="Model an upload or `POST /api/v1/predict` uses when it names none (NAME@REF).",
+    )
+    web_max_upload_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1,
+        description="Largest film accepted by an upload (413 past it); a DICOM of 4k×4k at 16 "
+        "bits is 32 MiB.",
+    )
+    web_max_upload_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Most pixels an uploaded film may claim in its header (422 past it), checked "
+        "before decoding: a 5k×5k film, far above any radiograph.",
+    )
+    web_cookie_secure: bool = Field(
+        default=False,
+        description="Mark the session cookie Secure (sent over HTTPS only): set it when `cxr web` "
+        "is reached through a TLS proxy. A request that arrives over HTTPS gets it anyway.",
+    )
+    web_session_hours: float = Field(
+        default=8.0, gt=0, description="How long a login to the web pages lasts (one shift)."
+    )
+
     # ---- scheduled retraining (Celery beat → queue 'train') --------------------------------
     retrain_schedule: str | None = Field(
         default=None,
