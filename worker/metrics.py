@@ -112,6 +112,17 @@ EXPLANATIONS = Counter(
     ["model", "version", "method", "outcome"],
 )
 
+# Models with a lung step (``lung_crop`` box/mask): "used" or why the mask was refused and the
+# whole film was used instead (cxr.core.imaging.lungs.FALLBACK_REASONS). A rising fallback share
+# means films the segmenter does not know: look at them.
+LUNG_MASKS = Counter(
+    "cxr_lung_masks",
+    "Lung masks the scoring worker's lung step produced, by result: used, or the reason the mask "
+    "was refused and the whole film scored instead (area, one_component, not_two_lungs, centroid, "
+    "one_side, other).",
+    ["model", "version", "result"],
+)
+
 STAGES = ("fetch", "decode", "infer", "write", "explain")
 for _stage in STAGES:
     STAGE_DURATION.labels(stage=_stage)  # pre-created so dashboards see zeros, not gaps
@@ -129,6 +140,14 @@ def model_loaded(name: str, version: int, sha256: str, classes: Iterable[str], s
     for method in METHODS:
         for outcome in ("explained", "failed"):
             EXPLANATIONS.labels(name, str(version), method, outcome)
+
+
+def count_lung_masks(model: ResolvedModel, before: dict[str, int], after: dict[str, int]) -> None:
+    """Count the lung masks one chunk produced: the growth of ``lungs.fallback_counts()``
+    between ``before`` and ``after`` (a prefork child runs one chunk at a time)."""
+    for result, count in after.items():
+        if count > before.get(result, 0):
+            LUNG_MASKS.labels(model.name, str(model.version), result).inc(count - before.get(result, 0))
 
 
 def count_images(model: ResolvedModel, outcome: Outcome, detail: str, n: int = 1) -> None:
