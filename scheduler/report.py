@@ -21,6 +21,7 @@ from cxr.core.db.session import session_scope
 from cxr.core.errors import CxrError
 from cxr.core.imaging import decode_image
 from cxr.core.labels import is_positive
+from cxr.core.privacy import JOIN_KEY_COLUMNS
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store, read_uri
 from modelstore import Manifest, open_model_store
@@ -53,6 +54,7 @@ def write_csv(settings: Settings, job_id: str, manifest: Manifest) -> bytes:
             "failure_stage",
             "failure_reason",
             "skip_reason",
+            *JOIN_KEY_COLUMNS,
         ]
     )
     for row in image_rows(settings, job_id):
@@ -66,6 +68,7 @@ def write_csv(settings: Settings, job_id: str, manifest: Manifest) -> bytes:
                 f"{row.shift_percentile:.2f}" if row.shift_percentile is not None else "",
                 "" if row.out_of_distribution is None else _yes_no(row.out_of_distribution),
                 row.failure_stage or "", row.failure_reason or "", row.skip_reason or "",
+                *(key or "" for key in row.join_keys),
             ]
         )  # fmt: skip
     return buffer.getvalue().encode("utf-8")
