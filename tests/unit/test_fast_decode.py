@@ -189,3 +189,16 @@ def test_32_bit_tiffs_keep_the_full_films_range(mode):
     assert fast.scale == 7.0 and fast.bit_depth == slow.bit_depth == 32
     reduced_slow = area_reduce(slow.pixels, 7)
     assert np.abs(reduced_slow - fast.pixels).max() < 1e-3
+
+
+def test_the_full_resolution_corpus_decodes_at_its_stated_size(tmp_path):
+    from bench.corpus import write_corpus
+
+    manifest = write_corpus(tmp_path, 1, formats=["jpeg8", "dicom12-voilut"])
+    with manifest.open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["format"] for row in rows] == ["jpeg8", "dicom12-voilut"]
+    for row in rows:
+        decoded = decode_image((tmp_path / row["path"]).read_bytes(), target_side=448, **LIMITS)
+        assert (decoded.height, decoded.width) == (int(row["height"]), int(row["width"])) == FILM
+        assert decoded.scale == 4 and decoded.pixels.std() > 0.05  # a film, not a flat field
