@@ -202,3 +202,22 @@ def test_the_full_resolution_corpus_decodes_at_its_stated_size(tmp_path):
         decoded = decode_image((tmp_path / row["path"]).read_bytes(), target_side=448, **LIMITS)
         assert (decoded.height, decoded.width) == (int(row["height"]), int(row["width"])) == FILM
         assert decoded.scale == 4 and decoded.pixels.std() > 0.05  # a film, not a flat field
+
+
+def test_every_fuzz_seed_decodes_reduced_to_pixels_or_a_reason():
+    """The reduced paths keep the decoder's promise on the fuzzing seeds (every format, every
+    DICOM variant): valid pixels or an ``ImageError``, nothing else."""
+    from cxr.core.errors import ImageError
+    from tests.fuzz_corpus import seeds
+
+    reduced = 0
+    for name, data in seeds().items():
+        try:
+            decoded = decode_image(data, target_side=16, **LIMITS)
+        except ImageError:
+            continue
+        pixels = decoded.pixels
+        assert pixels.dtype == np.float32 and np.isfinite(pixels).all(), name
+        assert pixels.min() >= 0 and pixels.max() <= 1, name
+        reduced += decoded.scale > 1
+    assert reduced >= 5
