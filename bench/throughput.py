@@ -1,6 +1,10 @@
 """Scoring throughput: bare model vs the whole worker path vs one task per image.
 
     python -m bench.throughput --model mobilenetv2 --images 64 --json
+    python -m bench.throughput --corpus fullres --fullres-per-format 2 --images 48 --json
+
+``--corpus fullres`` scores hospital-sized films (``bench/corpus.py``) instead of the shipped
+sample; ``bench/decode_cost.py`` gives their decode cost per format against the forward pass.
 
 (a) bare:  the compiled forward pass on already decoded and preprocessed tensors, in one process
            with TensorFlow's default threads, at the fastest of ``--bare-batch-sizes``;
@@ -46,6 +50,7 @@ from cxr.core.db.migrate import upgrade
 from cxr.core.db.models import Job, Prediction
 from cxr.core.db.session import dispose_engines, session_scope
 from cxr.core.imaging import InputContract, decode_image, preprocess
+from cxr.core.imaging.decode import is_dicom
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store
 from tests import services
@@ -88,8 +93,21 @@ def build_model(name: str, contract: InputContract, path: Path) -> Path:
     return path
 
 
+def fullres_images(folder: Path, per_format: int) -> list[bytes]:
+    """The full-resolution archive (``bench/corpus.py``), every format interleaved."""
+    import csv
+
+    from bench.corpus import write_corpus
+
+    with write_corpus(folder, per_format).open() as stream:
+        return [(folder / row["path"]).read_bytes() for row in csv.DictReader(stream)]
+
+
 def prepare_tensors(images: list[bytes], contract: InputContract) -> np.ndarray:
-    decoded = [decode_image(data, max_bytes=1 << 26, max_pixels=60_000_000) for data in images]
+    decoded = [
+        decode_image(data, max_bytes=1 << 26, max_pixels=60_000_000, target_side=contract.decode_side)
+        for data in images
+    ]
     return np.stack([preprocess(image.pixels, contract) for image in decoded])
 
 
@@ -188,8 +206,12 @@ def machine_seconds() -> tuple[float, float]:
 
 def distinct(images: list[bytes], i: int) -> bytes:
     """The i-th image of a repeated set, made byte-distinct by a trailer decoders ignore: the worker
-    skips bytes a model version has already scored, so repeats would measure skipping, not scoring."""
-    return images[i % len(images)] + b"\0cxr-bench-" + str(i).encode()
+    skips bytes a model version has already scored, so repeats would measure skipping, not scoring.
+    A DICOM file's trailer would be read as a data element: its 128-byte preamble carries the mark."""
+    data, mark = images[i % len(images)], b"\0cxr-bench-" + str(i).encode()
+    if is_dicom(data):
+        return mark.ljust(128, b"\0") + data[128:]
+    return data + mark
 
 
 def wait_until(count: Callable[[], int], target: int, on_progress: Callable[[int], None]) -> None:
@@ -277,7 +299,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     workdir = services.scratch_dir("bench")
     contract = CONTRACTS[args.model](args.image_size)
-    images = support.sample_images(min(args.images, 256))
+    images = (
+        support.sample_images(min(args.images, 256))
+        if args.corpus == "dev"
+        else fullres_images(workdir / "fullres", args.fullres_per_format)
+    )
     n, m, rounds = args.images, args.naive_images, args.rounds
     processes = args.worker_processes
     rows: list[dict[str, float]] = []
@@ -365,6 +391,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     return {
         "model": args.model,
+        "corpus": args.corpus,
         "image_size": args.image_size,
         "images": n,
         "naive_images": m,
@@ -399,6 +426,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--model", choices=sorted(CONTRACTS), default="mobilenetv2")
     parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument(
+        "--corpus", choices=("dev", "fullres"), default="dev",
+        help="dev: the shipped sample films (≤ 511 px); fullres: bench/corpus.py's 2,000–3,000 px "
+        "archive (JPEG, 16-bit PNG/TIFF, 12-bit DICOM variants)",
+    )  # fmt: skip
+    parser.add_argument("--fullres-per-format", type=int, default=2, help="films per format (fullres)")
     parser.add_argument("--images", type=int, default=64, help="images per round for (a) and (b)")
     parser.add_argument("--naive-images", type=int, default=32, help="images per round for (c)")
     parser.add_argument("--rounds", type=int, default=1)
@@ -420,6 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="also write the JSON object to this file")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    args.batch_size = Settings(inference_batch_size=args.batch_size).batch_size_for(model_on_cpu=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     result = measure(args)
     if args.out:

@@ -12,7 +12,8 @@ Each image also gets a *source* (the hospital or collection it came from; see ``
 on public COVID sets the source nearly gives the label away, so reports break figures down by it
 and leave-source-out evaluation holds whole sources back.
 
-Images are decoded by ``decode_image`` (the worker's decoder) and brought to the model's size by
+Images are decoded by ``decode_image`` (the worker's decoder, reduced by the same rule,
+``InputContract.decode_side``) and brought to the model's size by
 ``preprocess`` (the worker's preprocessing) exactly once, into memory. Exact duplicates (same
 sha256) are dropped before anything else sees them, so one film can never sit in both the
 training and the test split.
@@ -24,6 +25,7 @@ import csv
 import hashlib
 import io
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -216,11 +218,21 @@ def _load_one(
     """(sha256, preprocessed pixels), or the reason the image was dropped."""
     try:
         data = _read(store, entry, process_fetcher(settings))
-        decoded = decode_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+        decoded = decode_image(
+            data,
+            max_bytes=settings.max_image_bytes,
+            max_pixels=settings.max_image_pixels,
+            target_side=contract.decode_side,  # as the worker decodes: the same pixels
+        )
         return hashlib.sha256(data).hexdigest(), preprocess_gray(decoded.pixels, contract, lungs)
     except (ImageError, ObjectNotFound) as exc:
         log.warning("skipping %s: %s", entry.ref, exc)
         return "unreadable"
+
+
+def _cores() -> int:
+    """Cores this process may run on (its affinity, which containers narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def load_dataset(
@@ -255,7 +267,9 @@ def load_dataset(
     if limit is not None and limit < len(mapped):
         keep = np.sort(np.random.default_rng(seed).choice(len(mapped), size=limit, replace=False))
         mapped = [mapped[i] for i in keep]
-    with ThreadPoolExecutor(max_workers=settings.decode_threads) as pool:
+    # No model runs while a set loads: every core may decode.
+    threads = settings.decode_threads_for(model_on_cpu=False, cores=_cores())
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         results = list(pool.map(lambda pair: _load_one(store, pair[0], contract, settings, lungs), mapped))
 
     seen: set[str] = set()

@@ -40,6 +40,7 @@ from cxr.core.settings import Settings
 from cxr.core.storage.fetch import ObjectFetcher
 from modelstore.runtime import ModelRuntime
 from worker import metrics
+from worker.lifecycle import model_on_cpu, process_cores
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ def prepare_image(uri: str, fetcher: ObjectFetcher, runtime: ModelRuntime, setti
             max_pixels=settings.max_image_pixels,
             hasher=functools.partial(hash_identifier, settings=settings),
             dicom_policy=DicomPolicy.from_settings(settings),
+            target_side=runtime.contract.decode_side,
         )
     except ImageSkipped as exc:  # readable, but outside what we score (a lateral view, a CT slice)
         return SkippedImage(uri, sha256, str(exc))
@@ -188,7 +190,7 @@ class _DecodePool:
 
     def _new(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(
-            self.settings.decode_threads,
+            self.settings.decode_threads_for(model_on_cpu(), process_cores()),
             thread_name_prefix="cxr-decode",
             initializer=_lower_thread_priority,
             initargs=(self.settings.decode_niceness,),
@@ -250,7 +252,7 @@ def classify_uris(
     earlier URI of this chunk with the same sha256) are skipped, not run again: a re-run of an
     archive after a crash costs reading it, not scoring it.
     """
-    batch_size = settings.inference_batch_size
+    batch_size = settings.batch_size_for(model_on_cpu())
     # The first batch of a chunk is small: the model starts as soon as a few images are ready
     # instead of idling until a whole batch has been fetched and decoded; later batches fill
     # while it runs.

@@ -44,6 +44,7 @@ from modelstore import ResolvedModel
 from modelstore.runtime import ModelRuntime
 from worker import metrics
 from worker.engine import ChunkOutcome
+from worker.lifecycle import model_on_cpu, process_cores
 
 log = logging.getLogger(__name__)
 
@@ -122,18 +123,22 @@ def explain_uris(
     def load(uri: str) -> tuple[str, bytes, Any] | None:
         try:
             data = fetcher.fetch(uri)
-            pixels = decode_image(
-                data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-            ).pixels
+            film = decode_image(
+                data,
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+                target_side=runtime.contract.decode_side,  # the pixels the scores came from
+            )
         except TransientError:
             raise
         except Exception as exc:  # this image only; its prediction stands
             log.warning("cannot explain %s: %s", uri, one_line(exc))
             return None
-        return uri, data, pixels
+        return uri, data, film
 
-    batch_size = settings.inference_batch_size
-    with ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="cxr-explain") as pool:
+    batch_size = settings.batch_size_for(model_on_cpu())
+    threads = settings.decode_threads_for(model_on_cpu(), process_cores())
+    with ThreadPoolExecutor(threads, thread_name_prefix="cxr-explain") as pool:
         for start in range(0, len(uris), batch_size):
             started = time.perf_counter()
             loaded_images = [item for item in pool.map(load, uris[start : start + batch_size]) if item]
@@ -141,17 +146,21 @@ def explain_uris(
             if not loaded_images:
                 continue
             try:
-                items = explainer.explain([pixels for _, _, pixels in loaded_images])
+                items = explainer.explain(
+                    [film.pixels for _, _, film in loaded_images],
+                    scales=[film.scale for _, _, film in loaded_images],
+                )
             except Exception as exc:  # a model that cannot be explained must not fail the scoring
                 log.error("explaining a batch with %s failed: %s", spec.ref, one_line(exc))
                 failed += len(loaded_images)
                 continue
-            for (uri, data, pixels), item in zip(loaded_images, items, strict=True):
+            for (uri, data, film), item in zip(loaded_images, items, strict=True):
                 sha256 = hashlib.sha256(data).hexdigest()
                 try:
                     records = write_artifacts(
-                        store, render_files(item, pixels), model_name=spec.name, model_version=spec.version,
-                        method=item.method, image_sha256=sha256, params=explanation_params(item),
+                        store, render_files(item, film.pixels), model_name=spec.name,
+                        model_version=spec.version, method=item.method, image_sha256=sha256,
+                        params=explanation_params(item),
                     )  # fmt: skip
                 except Exception as exc:  # a full or unreachable store: counted, the scores stand
                     log.warning("cannot write the explanation of %s: %s", uri, one_line(exc))

@@ -54,12 +54,19 @@ def explain(
     for start in range(0, len(images), _CHUNK):
         paths = images[start : start + _CHUNK]
         blobs = [path.read_bytes() for path in paths]
-        decoded = [
-            decode_image(b, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels).pixels
+        films = [
+            decode_image(
+                b,
+                max_bytes=settings.max_image_bytes,
+                max_pixels=settings.max_image_pixels,
+                target_side=runtime.contract.decode_side,  # the pixels scoring sees
+            )
             for b in blobs
         ]
+        decoded = [film.pixels for film in films]
         try:
-            explained = explainer.explain(decoded, class_name=class_name, layer=layer)
+            scales = [film.scale for film in films]
+            explained = explainer.explain(decoded, class_name=class_name, layer=layer, scales=scales)
         except ValueError as exc:  # unknown class or layer: the user's input, said plainly
             raise click.UsageError(str(exc)) from exc
         for path, data, pixels, item in zip(paths, blobs, decoded, explained, strict=True):

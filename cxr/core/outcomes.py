@@ -1,7 +1,7 @@
 """The one vocabulary for what became of an image: an outcome, and for failures the stage.
 
 SQL rows (``job_images.outcome``, ``failures.stage``), Prometheus labels
-(``cxr_images_scored_total{outcome, label}``), the per-image CSV, the HTML report and the docs all
+(``cxr_images_scored_total{outcome, class, stage}``), the per-image CSV, the HTML report and the docs all
 use these values, so a figure in one place can be found in every other.
 
 - ``scored``: the model ran on the image and its prediction is stored.

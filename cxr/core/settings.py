@@ -22,6 +22,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _SECRET_MASK = "***"
 
+#: Defaults of ``inference_batch_size`` and ``decode_threads`` left at 0 (``Settings.batch_size_for``).
+CPU_BATCH_SIZE, GPU_BATCH_SIZE, CPU_DECODE_THREADS = 8, 32, 2
+
 
 class Settings(BaseSettings):
     """The effective configuration. Every field maps to ``CXR_<FIELD_NAME>``."""
@@ -85,7 +88,6 @@ class Settings(BaseSettings):
         description="Images whose header claims more pixels are refused before decoding "
         "(decompression bombs).",
     )
-    inference_batch_size: int = Field(default=32, ge=1, description="Images per forward pass.")
     # ---- a PACS as a source (dicomweb:// and dicomwebs://, cxr.core.dicomweb) -----------------
     dicomweb_username: str | None = Field(default=None, description="DICOMweb basic-auth user name.")
     dicomweb_password: SecretStr | None = Field(default=None, description="DICOMweb basic-auth password.")
@@ -117,8 +119,18 @@ class Settings(BaseSettings):
     dicom_skip_for_processing: bool = Field(
         default=True, description="Skip DICOM images whose PresentationIntentType is FOR PROCESSING."
     )
+    inference_batch_size: int = Field(
+        default=0,
+        ge=0,
+        description="Images per forward pass; 0: 8 where the model runs on the CPU (a small batch "
+        "keeps a layer's activations in cache), 32 on a GPU (see ``batch_size_for``).",
+    )
     decode_threads: int = Field(
-        default=2, ge=1, description="Threads that fetch and decode while the model infers."
+        default=0,
+        ge=0,
+        description="Threads that fetch and decode while the model infers; 0: 2 where the model "
+        "runs on the CPU (it needs the cores), else one per core of this process's share: on a GPU "
+        "worker decoding is all the CPU does (see ``decode_threads_for``).",
     )
     shift_policy: Literal["flag", "abstain"] = Field(
         default="flag",
@@ -207,6 +219,44 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
 
+    # ---- the web front door (`cxr web`) -----------------------------------------------------
+    web_token: SecretStr | None = Field(
+        default=None,
+        description="Secret that `cxr web` requires: the API takes it as `Authorization: Bearer "
+        "...`, the pages through a login form. Unset: `cxr web` refuses to start (on a loopback "
+        "address, `cxr web --generate-token` makes a one-off token instead).",
+    )
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="Address `cxr web` binds. Only this machine by default; put a TLS proxy in "
+        "front before binding anything else.",
+    )
+    web_port: int = Field(default=8080, ge=1, le=65535, description="Port `cxr web` listens on.")
+    web_model: str = Field(
+        default="cxr@production",
+        description="Model an upload or `POST /api/v1/predict` uses when it names none (NAME@REF).",
+    )
+    web_max_upload_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1,
+        description="Largest film accepted by an upload (413 past it); a DICOM of 4k×4k at 16 "
+        "bits is 32 MiB.",
+    )
+    web_max_upload_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Most pixels an uploaded film may claim in its header (422 past it), checked "
+        "before decoding: a 5k×5k film, far above any radiograph.",
+    )
+    web_cookie_secure: bool = Field(
+        default=False,
+        description="Mark the session cookie Secure (sent over HTTPS only): set it when `cxr web` "
+        "is reached through a TLS proxy. A request that arrives over HTTPS gets it anyway.",
+    )
+    web_session_hours: float = Field(
+        default=8.0, gt=0, description="How long a login to the web pages lasts (one shift)."
+    )
+
     # ---- scheduled retraining (Celery beat → queue 'train') --------------------------------
     retrain_schedule: str | None = Field(
         default=None,
@@ -271,6 +321,18 @@ class Settings(BaseSettings):
         delivered again (the design asks for at least three times the longest chunk).
         """
         return 4 * self.task_time_limit_s
+
+    def batch_size_for(self, model_on_cpu: bool) -> int:
+        """``inference_batch_size``, or its default for where the model runs."""
+        return self.inference_batch_size or (CPU_BATCH_SIZE if model_on_cpu else GPU_BATCH_SIZE)
+
+    def decode_threads_for(self, model_on_cpu: bool, cores: int) -> int:
+        """``decode_threads``, or its default: ``CPU_DECODE_THREADS`` beside a model on the CPU
+        (measured best on 2 cores, docs/WORKER.md), else one per core (``cores``: this process's
+        share), at least that many."""
+        if self.decode_threads:
+            return self.decode_threads
+        return CPU_DECODE_THREADS if model_on_cpu else max(CPU_DECODE_THREADS, cores)
 
     @property
     def in_process(self) -> bool:

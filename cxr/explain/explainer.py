@@ -40,6 +40,9 @@ class ImageExplanation:
     shortcut_score: float | None  # None: an all-zero map has no location
     channels: np.ndarray | None = None  # (k, h, w), feature maps only
     channel_indices: np.ndarray | None = None
+    #: Film pixels per decoded pixel (``DecodedImage.scale``): the placement, the boxes and the
+    #: overlay are on the decoded pixels; times this they are on the film in the archive.
+    decode_scale: float = 1.0
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -51,6 +54,7 @@ class ImageExplanation:
             "rois": [region.to_dict() for region in self.rois],
             "shortcut_score": None if self.shortcut_score is None else round(self.shortcut_score, 6),
             "image_size": [self.placement.original_width, self.placement.original_height],
+            "decode_scale": round(self.decode_scale, 6),
             "heatmap_size": [int(self.heatmap.shape[1]), int(self.heatmap.shape[0])],
         }
 
@@ -92,9 +96,15 @@ class Explainer:
         return self.classes.index(class_name)
 
     def explain(
-        self, images: Sequence[np.ndarray], *, class_name: str | None = None, layer: str | None = None
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        class_name: str | None = None,
+        layer: str | None = None,
+        scales: Sequence[float] | None = None,
     ) -> list[ImageExplanation]:
-        """Explain float32 (H, W) [0, 1] images at their original sizes."""
+        """Explain float32 (H, W) [0, 1] images as decoded; ``scales`` are their decode scales
+        (``DecodedImage.scale``; 1 when not given), recorded so results map back to the film."""
         prepared = [self.runtime.preprocess_region(pixels) for pixels in images]
         batch = np.stack([tensor for tensor, _ in prepared])
         result = self.method(ClassScore(self.class_index(class_name)), batch, layer)
@@ -124,6 +134,7 @@ class Explainer:
                     ),
                     channels=None if result.channels is None else result.channels[i],
                     channel_indices=None if result.channel_indices is None else result.channel_indices[i],
+                    decode_scale=float(scales[i]) if scales is not None else 1.0,
                 )
             )
         return explained

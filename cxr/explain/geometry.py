@@ -8,6 +8,10 @@ model's resolution can be carried back to ORIGINAL-image pixels.
 With a lung step (``InputContract.lung_crop``) the model sees only a crop of the film: the
 ``crop`` box (top, left, bottom, right in film pixels) that preprocessing kept is what is stretched
 or letterboxed, and maps and boxes are carried back through it: outside the crop a map is zero.
+
+"Original" here means the decoded film. A hospital-sized film is decoded reduced by an integer
+factor (``InputContract.decode_side``, ``DecodedImage.scale``): its decoded pixels times that
+factor are the pixels of the film in the archive.
 """
 
 from __future__ import annotations

@@ -51,9 +51,12 @@ def test_explain_writes_readable_overlays(tmp_path, data_dir, method):
         score = record["shortcut_score"]  # None: an all-zero map (no evidence) has no location
         assert score is None or 0.0 <= score <= 1.0
         overlay = next(Path(f) for f in record["files"] if f.endswith("overlay.png"))
+        width, height = record["image_size"]  # the decoded film's: the model's decode scale
         with Image.open(path) as original, Image.open(overlay) as drawn:
-            assert drawn.size == original.size
-        width, height = record["image_size"]
+            assert drawn.size == (width, height)
+            scale = record["decode_scale"]
+            assert abs(width * scale - original.width) < scale
+            assert abs(height * scale - original.height) < scale
         for region in record["rois"]:
             x0, y0, x1, y1 = region["box"]
             assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height

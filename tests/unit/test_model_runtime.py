@@ -87,7 +87,11 @@ def test_worker_evaluation_explanation_and_training_split_agree(settings, publis
 
     # 4. the test split of a training run: cached gray inputs through a runtime on the model
     runtime = ModelRuntime.load(open_model_store(settings), published)
-    pixels = [decode_image(p.read_bytes(), max_bytes=1 << 26, max_pixels=10**8).pixels for p in files]
+    side = CONTRACT.decode_side  # decoded as training datasets and the worker decode
+    pixels = [
+        decode_image(p.read_bytes(), max_bytes=1 << 26, max_pixels=10**8, target_side=side).pixels
+        for p in files
+    ]
     training = runtime.predict_gray(np.stack([preprocess_gray(p, CONTRACT) for p in pixels]), batch_size=3)
 
     for name, other in (("evaluation", evaluation), ("explanation", explanation), ("training", training)):

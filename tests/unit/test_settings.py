@@ -70,3 +70,23 @@ def test_cxr_config_masks_every_secret(tmp_path):
     assert data["s3_secret_access_key"] == "***"
     assert data["database_url"] == "postgresql+psycopg2://cxr:***@db/cxr"
     assert data["data_dir"] == str(tmp_path)
+
+
+def test_batch_size_and_decode_threads_default_to_where_the_model_runs(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("CXR_"):
+            monkeypatch.delenv(name)
+    auto = Settings()
+    assert (auto.inference_batch_size, auto.decode_threads) == (0, 0)
+    assert auto.batch_size_for(model_on_cpu=True) == 8 and auto.batch_size_for(model_on_cpu=False) == 32
+    assert auto.decode_threads_for(model_on_cpu=True, cores=16) == 2
+    assert auto.decode_threads_for(model_on_cpu=False, cores=16) == 16
+    assert auto.decode_threads_for(model_on_cpu=False, cores=1) == 2
+
+    monkeypatch.setenv("CXR_INFERENCE_BATCH_SIZE", "16")
+    monkeypatch.setenv("CXR_DECODE_THREADS", "3")
+    pinned = Settings()
+    assert pinned.batch_size_for(model_on_cpu=False) == pinned.batch_size_for(model_on_cpu=True) == 16
+    assert pinned.decode_threads_for(model_on_cpu=False, cores=16) == 3
+    with pytest.raises(ValidationError):
+        Settings(inference_batch_size=-1)

@@ -6,7 +6,7 @@ a model can never be fed differently from how it was trained.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -116,3 +116,17 @@ class InputContract(BaseModel):
     @property
     def shape(self) -> tuple[int, int, int]:
         return (self.height, self.width, self.channels)
+
+    #: How many times the input's longer side a film's shorter side stays when it is decoded
+    #: reduced: resizing then still shrinks (antialiased) by at least this much, whatever the
+    #: format and the lung step's crop, so a reduced decode gives nearly the full-size pixels.
+    DECODE_MARGIN: ClassVar[int] = 2
+
+    @property
+    def decode_side(self) -> int:
+        """The decode-scale rule: a film is decoded reduced by the largest factor its format
+        allows (JPEG 1, 2, 4, 8 in the DCT domain; DICOM, PNG, TIFF any integer, an area mean of
+        stored integers) that keeps its shorter side at least this many pixels
+        (``decode.decode_factor``). ``DecodedImage.scale`` records the factor: explanations located
+        on the decoded pixels map back onto the original film by multiplying by it."""
+        return self.DECODE_MARGIN * max(self.height, self.width)

@@ -2,8 +2,19 @@
 
 The contract every decoder returns (``DecodedImage.pixels``): float32, shape (height, width),
 values in [0, 1], 0 = black, MONOCHROME2 (air dark, bone bright), EXIF orientation applied.
+
 Everything that can go wrong with a file from a hospital archive (empty, truncated, not an image,
 a decompression bomb, a thumbnail, an animation) is refused *here*, with the reason.
+
+Decode scale: a caller that knows the model's input (``InputContract.decode_side``) passes it as
+``target_side``, and a large film is then decoded already reduced, in its own integer domain,
+before anything is converted to float: a JPEG by DCT-domain scaling (Pillow's ``draft``, factors
+1, 2, 4, 8), a DICOM or a 16-bit PNG/TIFF by an area mean over k×k blocks of stored integers. The
+factor is always the largest allowed one that keeps the film's shorter side at least
+``target_side`` (``decode_factor``). ``DecodedImage.scale`` says how many film pixels one decoded
+pixel spans, so that anything located on the decoded pixels (an explanation's map or box) maps
+back onto the original film by multiplying by it. Without ``target_side`` the film is decoded at
+full size (the slow path the fast one is tested against).
 """
 
 from __future__ import annotations
@@ -29,18 +40,24 @@ _DICOM_MAGIC_OFFSET = 128
 class DecodedImage:
     """A decoded radiograph and what was learnt about the file on the way."""
 
-    pixels: np.ndarray  # float32 (H, W) in [0, 1]
+    pixels: np.ndarray  # float32 (H, W) in [0, 1], possibly reduced (see ``scale``)
     format: str  # "PNG", "JPEG", "DICOM", ...
     bit_depth: int
     metadata: dict[str, Any] = field(default_factory=dict)  # never identifying values in clear
+    #: The film's own (height, width), after EXIF orientation; None: the pixels' shape.
+    film_size: tuple[int, int] | None = None
+    #: Film pixels per decoded pixel, the decode factor (1 at full size): decoded coordinates ×
+    #: scale = film coordinates (a reduction drops the last, partial block of rows and columns).
+    scale: float = 1.0
 
     @property
     def height(self) -> int:
-        return int(self.pixels.shape[0])
+        """The film's height in its own pixels (not the reduced ``pixels``')."""
+        return self.film_size[0] if self.film_size else int(self.pixels.shape[0])
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[1])
+        return self.film_size[1] if self.film_size else int(self.pixels.shape[1])
 
 
 def is_dicom(data: bytes) -> bool:
@@ -54,8 +71,12 @@ def decode_image(
     max_pixels: int,
     hasher: Callable[[str], str] | None = None,
     dicom_policy: Any = None,
+    target_side: int | None = None,
 ) -> DecodedImage:
     """Decode PNG/JPEG/TIFF/WebP/BMP (through Pillow) or DICOM (through pydicom).
+
+    ``target_side`` (the model's ``InputContract.decode_side``) lets a large film be decoded
+    reduced (see the module's docstring); None decodes at full size.
 
     ``hasher`` turns DICOM identifiers (patient id, UIDs) into salted hashes for the metadata;
     without one they are dropped. ``dicom_policy`` (a ``DicomPolicy``; default: its defaults)
@@ -74,9 +95,11 @@ def decode_image(
         if is_dicom(data):
             from cxr.core.imaging.dicom import decode_dicom  # pydicom only when needed
 
-            decoded = decode_dicom(data, max_pixels=max_pixels, hasher=hasher, policy=dicom_policy)
+            decoded = decode_dicom(
+                data, max_pixels=max_pixels, hasher=hasher, policy=dicom_policy, target_side=target_side
+            )
         else:
-            decoded = _decode_with_pillow(data, max_pixels=max_pixels)
+            decoded = _decode_with_pillow(data, max_pixels=max_pixels, target_side=target_side)
     except ImageError:
         raise
     except MemoryError as exc:
@@ -91,6 +114,48 @@ def describe(exc: BaseException) -> str:
     """``Type: message`` on one line and at most 200 characters, for a failure's reason."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     return text if len(text) <= 200 else text[:199] + "…"
+
+
+_EXIF_ORIENTATION = 0x0112  # values 5-8 turn the image a quarter: width and height swap
+
+#: DCT-domain scale factors libjpeg offers (Pillow's ``draft``).
+JPEG_FACTORS = (1, 2, 4, 8)
+
+
+def decode_factor(
+    height: int, width: int, target_side: int | None, allowed: tuple[int, ...] | None = None
+) -> int:
+    """The decode-scale rule: the largest factor k (from ``allowed``, else any integer) with
+    ``min(height, width) / k >= target_side``; 1 without a target or for a film already small."""
+    if not target_side or target_side <= 0:
+        return 1
+    largest = max(1, min(height, width) // target_side)
+    if allowed is None:
+        return largest
+    return max(k for k in allowed if k <= largest) if largest >= min(allowed) else 1
+
+
+def area_reduce(array: np.ndarray, factor: int) -> np.ndarray:
+    """The mean of each ``factor``×``factor`` block of an (H, W) or (H, W, C) array, in the
+    array's own dtype (integers rounded): OpenCV's area filter, which at an integer factor is a
+    plain block mean. The last ``H mod factor`` rows and ``W mod factor`` columns (fewer than
+    ``factor``) are dropped, so the scale stays exactly ``factor`` on both axes."""
+    if factor <= 1:
+        return array
+    rows, cols = array.shape[0] // factor, array.shape[1] // factor
+    if rows < 1 or cols < 1:
+        return array
+    block = array[: rows * factor, : cols * factor]
+    channels_ok = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
+    if channels_ok and array.dtype in (np.uint8, np.uint16, np.int16, np.float32):
+        import cv2
+
+        return cv2.resize(np.ascontiguousarray(block), (cols, rows), interpolation=cv2.INTER_AREA)
+    shape = (rows, factor, cols, factor, *array.shape[2:])
+    means = block.reshape(shape).mean(axis=(1, 3), dtype=np.float64)  # only the reduced array
+    if array.dtype.kind in "iub":
+        return np.rint(means).astype(array.dtype)
+    return means.astype(array.dtype)
 
 
 def _check_size(width: int, height: int) -> None:
@@ -142,7 +207,7 @@ _PILLOW_ERRORS = (
 )
 
 
-def _decode_with_pillow(data: bytes, *, max_pixels: int) -> DecodedImage:
+def _decode_with_pillow(data: bytes, *, max_pixels: int, target_side: int | None = None) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -164,27 +229,47 @@ def _decode_with_pillow(data: bytes, *, max_pixels: int) -> DecodedImage:
     if frames > 1:
         raise ImageError(f"{fmt} holds {frames} frames; expected a single radiograph")
     try:
+        if fmt == "JPEG" and image.mode in ("L", "RGB", "YCbCr"):
+            _jpeg_draft(image, decode_factor(height, width, target_side, JPEG_FACTORS))
         image.load()
+        jpeg_scale = round(width / image.size[0])  # the DCT scale libjpeg used (1 without draft)
+        quarter_turn = image.getexif().get(_EXIF_ORIENTATION) in (5, 6, 7, 8)
         image = ImageOps.exif_transpose(image) or image
-        pixels, bit_depth = _to_gray_unit(image)
+        film_size = (width, height) if quarter_turn else (height, width)
+        factor = 1 if fmt == "JPEG" else decode_factor(height, width, target_side)
+        pixels, bit_depth = _to_gray_unit(image, factor)
     except _PILLOW_ERRORS as exc:
         raise ImageError(f"truncated or corrupt {fmt}: {describe(exc)}") from exc
-    return DecodedImage(pixels=pixels, format=fmt, bit_depth=bit_depth)
+    scale = jpeg_scale if fmt == "JPEG" else factor if pixels.shape != film_size else 1
+    return DecodedImage(pixels=pixels, format=fmt, bit_depth=bit_depth, film_size=film_size, scale=scale)
 
 
-def _to_gray_unit(image: Image.Image) -> tuple[np.ndarray, int]:
-    """Any Pillow mode → float32 gray in [0, 1]. Colour is reduced by ITU-R 601 luma; alpha is
+def _jpeg_draft(image: Image.Image, factor: int) -> None:
+    """Ask libjpeg for the film at 1/``factor`` (DCT-domain scaling, before anything is
+    decoded), in gray: a colour JPEG's luma plane is decoded alone."""
+    if factor <= 1:
+        return
+    width, height = image.size
+    image.draft("L", (width // factor, height // factor))
+
+
+def _to_gray_unit(image: Image.Image, factor: int = 1) -> tuple[np.ndarray, int]:
+    """Any Pillow mode → float32 gray in [0, 1], reduced by ``factor`` (``area_reduce``) on the
+    integer values before the float conversion. Colour is reduced by ITU-R 601 luma; alpha is
     composited over black (transparent background counts as no signal)."""
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(image, dtype=np.float32) / 65535.0, 16
-    if mode == "I":
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if array.max(initial=0) <= 65535 else float(array.max())
+        levels = area_reduce(np.asarray(image).astype(np.uint16, copy=False), factor)
+        return np.divide(levels, np.float32(65535.0), dtype=np.float32), 16
+    if mode == "I":  # the full film's maximum decides the scale, as without reduction
+        full = np.asarray(image)
+        peak = int(full.max(initial=0))
+        array = np.asarray(area_reduce(full, factor), dtype=np.float64)
+        top = 65535.0 if peak <= 65535 else float(peak)
         return (np.clip(array, 0, None) / top).astype(np.float32), 16 if top == 65535.0 else 32
     if mode == "F":
-        array = np.asarray(image, dtype=np.float32)
-        return _min_max(array), 32
+        full = np.asarray(image, dtype=np.float32)
+        return _min_max(area_reduce(full, factor), (float(full.min()), float(full.max()))), 32
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -192,17 +277,19 @@ def _to_gray_unit(image: Image.Image) -> tuple[np.ndarray, int]:
         image = Image.alpha_composite(background, image.convert("RGBA"))
     if image.mode != "L":
         image = image.convert("L")
-    return np.divide(np.asarray(image), np.float32(255.0), dtype=np.float32), 8  # one pass
+    levels = area_reduce(np.asarray(image), factor)
+    return np.divide(levels, np.float32(255.0), dtype=np.float32), 8  # one pass
 
 
-def _min_max(array: np.ndarray) -> np.ndarray:
-    """Stretch ``array`` onto [0, 1] (a flat image becomes black).
+def _min_max(array: np.ndarray, bounds: tuple[float, float] | None = None) -> np.ndarray:
+    """Stretch ``array`` onto [0, 1] (a flat image becomes black); ``bounds`` (low, high) are the
+    full film's extremes when ``array`` is its reduction (block means never reach them).
 
     NaN or infinity in a radiograph's values (a float TIFF, a DICOM rescaled past float range)
     means a corrupt file, not a dark pixel: refused rather than silently replaced. Values near
     float32's limits, or a range too narrow for float32 to divide by, are stretched in float64.
     """
-    low, high = float(array.min()), float(array.max())  # NaN anywhere makes both NaN
+    low, high = bounds or (float(array.min()), float(array.max()))  # NaN anywhere makes both NaN
     if not (np.isfinite(low) and np.isfinite(high)):
         raise ImageError("image holds non-finite pixel values (NaN or infinity)")
     if high <= low:

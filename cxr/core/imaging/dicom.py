@@ -5,6 +5,10 @@ Order matters and follows the standard: stored values → modality LUT (rescale 
 study/SOP instance UIDs) leave this module only as salted hashes, through the ``hasher`` the
 caller passes; names, birth dates and every other tag are never read out at all.
 
+Given a ``target_side`` (the decode-scale rule of ``decode``), the stored integers are first
+reduced by an area mean of k×k blocks, so that the LUTs and every float array work on the small
+film, never on a full-size one.
+
 A file from an archive can lie anywhere, so every stage turns pydicom's exceptions into an
 ``ImageError`` naming the stage (read, header, pixel data, modality LUT, VOI LUT, window), and the
 header is checked against the limit and against the pixel data it describes *before* pydicom
@@ -31,6 +35,8 @@ from cxr.core.imaging.decode import (
     DecodedImage,
     _check_size,
     _min_max,
+    area_reduce,
+    decode_factor,
     describe,
 )
 from cxr.core.imaging.dicom_policy import DicomPolicy, ImageSkipped
@@ -85,6 +91,7 @@ def decode_dicom(
     max_pixels: int,
     hasher: Callable[[str], str] | None = None,
     policy: DicomPolicy | None = None,
+    target_side: int | None = None,
 ) -> DecodedImage:
     """``policy`` (default: ``DicomPolicy()``) decides from the header whether the object is
     scored at all; anything outside it raises ``ImageSkipped`` before the pixels are read."""
@@ -105,15 +112,18 @@ def decode_dicom(
         raise ImageError("DICOM file has no pixel data")
     header = _read_header(ds)
     _check_header(header, ds, max_pixels)
-    stored = _pixel_array(ds, header)
+    factor = decode_factor(header.rows, header.cols, target_side)
+    full = _native_pixels(ds, header) if factor > 1 else None
+    if full is None:
+        full = _pixel_array(ds, header)
+    stored = _reduced(full, factor)
 
     if stored.ndim == 3 and stored.shape[-1] == 3:  # colour secondary capture: no LUTs apply
-        windowed = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        pixels = _min_max(stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))
     elif stored.ndim == 2:
-        windowed = _apply_luts(stored, ds)
+        pixels = _gray_unit(full, stored, ds)
     else:
         raise ImageError(f"DICOM pixel array has shape {stored.shape}; expected one gray frame")
-    pixels = _min_max(windowed)
     if header.photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
     return DecodedImage(
@@ -121,6 +131,8 @@ def decode_dicom(
         format="DICOM",
         bit_depth=header.bits_stored or header.bits_allocated,
         metadata=_safe_metadata(ds, view, hasher),
+        film_size=(header.rows, header.cols),
+        scale=1 if stored is full else factor,
     )
 
 
@@ -201,6 +213,66 @@ def _pixel_array(ds: Any, header: _PixelHeader) -> np.ndarray:
         raise ImageError(f"cannot decode DICOM pixel data: {describe(exc)}") from exc
     except _PYDICOM_ERRORS as exc:
         raise ImageError(f"corrupt DICOM pixel data: {describe(exc)}") from exc
+
+
+def _gray_unit(full: np.ndarray, stored: np.ndarray, ds: Any) -> np.ndarray:
+    """The LUTs applied to ``stored`` (``full`` or its reduction), stretched onto [0, 1].
+
+    The stretch runs from the lowest to the highest value after the LUTs *on the full film*:
+    block means never reach the full film's extremes (its noise), so stretching a reduced film
+    by its own would brighten it. For a reduced film the LUTs are applied once to every stored
+    value between the full film's extremes (at most ``_MAX_TABLE`` of them: a 12-bit film has
+    4,096), and the reduced film is looked up in that table. A linear window and a VOI LUT curve
+    are monotonic, so the table's extremes after the LUTs are the full film's."""
+    if stored is full:
+        return _min_max(_apply_luts(full, ds))
+    low, high = int(full.min()), int(full.max())
+    if stored.dtype.kind in "ui" and high - low < _MAX_TABLE:
+        levels = np.arange(low, high + 1, dtype=np.int64).astype(full.dtype)
+        table = _min_max(_apply_luts(levels, ds))
+        return table[np.subtract(stored, low, dtype=np.int64)]
+    extremes = np.array([low, high], dtype=full.dtype)
+    values = _apply_luts(np.concatenate([stored.ravel(), extremes]), ds)
+    return _min_max(values)[:-2].reshape(stored.shape)
+
+
+#: The most stored values a reduced film's LUT table holds (a 16-bit film's whole range).
+_MAX_TABLE = 1 << 16
+
+
+def _native_pixels(ds: Any, header: _PixelHeader) -> np.ndarray | None:
+    """An uncompressed little-endian, unsigned, single-frame gray film's stored values as a view
+    of the pixel data (no copy; ``area_reduce`` reads it once). None where pydicom must decode:
+    anything else, or bits above ``BitsStored`` set (pydicom masks them)."""
+    if (
+        header.frames != 1
+        or header.samples != 1
+        or header.bits_allocated not in (8, 16)
+        or _is_compressed(header)
+        or not header.syntax.is_little_endian
+    ):
+        return None
+    try:
+        if int(ds.get("PixelRepresentation", 0) or 0) != 0:
+            return None
+        dtype = np.uint8 if header.bits_allocated == 8 else np.dtype("<u2")
+        view = np.frombuffer(ds.PixelData, dtype=dtype, count=header.rows * header.cols)
+    except (*_PYDICOM_ERRORS, TypeError):
+        return None
+    view = view.reshape(header.rows, header.cols)
+    if 0 < header.bits_stored < header.bits_allocated and int(view.max()) >> header.bits_stored:
+        return None
+    return view
+
+
+def _reduced(stored: np.ndarray, factor: int) -> np.ndarray:
+    """The stored values, area-reduced by ``factor`` while still integers (a 12-bit film's block
+    means are 12-bit values, which the modality and VOI LUTs take as they are)."""
+    if factor <= 1 or stored.ndim not in (2, 3) or min(stored.shape[:2]) // factor < 1:
+        return stored
+    if stored.dtype == np.bool_:
+        stored = stored.astype(np.uint8)
+    return area_reduce(stored, factor)
 
 
 def _decoder_available(syntax: Any) -> bool:
