@@ -5,13 +5,50 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from cxr.core.db.models import JobStatus
 from cxr.core.settings import Settings
 from scheduler.summary import get_job
 
 FINAL = (JobStatus.FINISHED, JobStatus.CANCELLED, JobStatus.FAILED)
+
+
+class RateColumn(ProgressColumn):
+    """Items per second over rich's recent samples ("–" until there are two)."""
+
+    def __init__(self, unit: str = "img") -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if not speed:
+            return Text(f"– {self.unit}/s", style="progress.data.speed")
+        return Text(f"{speed:.1f} {self.unit}/s", style="progress.data.speed")
+
+
+def progress_columns(unit: str = "img") -> tuple[ProgressColumn | str, ...]:
+    """The one bar layout of long work: what, bar, done/total, rate, elapsed and ETA."""
+    return (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
 
 
 def stall_advice(settings: Settings, job_id: str, stalled_s: float) -> str:
@@ -37,11 +74,8 @@ def wait_for_job(settings: Settings, job_id: str, poll_s: float = 0.5, quiet: bo
     console = Console(stderr=True)
     last_done, stalled_since, warned = -1, time.monotonic(), time.monotonic()
     with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
+        *progress_columns(),
         TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
         console=console,
         disable=quiet,
         transient=False,

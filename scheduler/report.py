@@ -319,11 +319,38 @@ def write_report(settings: Settings, job_id: str, local_path: Path | None = None
     page = render_html(settings, job_id).encode("utf-8")
     html_uri = store.put(f"reports/jobs/{job_id}/report.html", page, "text/html")
     if local_path is not None:
-        try:
-            local_path.parent.mkdir(parents=True, exist_ok=True)
-            local_path.write_bytes(page)
-        except OSError as exc:  # name the file: a write error alone does not
-            raise OSError(exc.errno, exc.strerror, str(local_path)) from exc
+        _write_local(local_path, page)
     with session_scope(settings) as session:
-        session.get(Job, job_id).report_uri = html_uri
+        row = session.get(Job, job_id)
+        row.report_uri, row.csv_uri = html_uri, csv_uri
     return {"html": html_uri, "csv": csv_uri, "local": str(local_path) if local_path else None}
+
+
+def _write_local(path: Path, data: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as exc:  # name the file: a write error alone does not
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
+def ensure_report(
+    settings: Settings, job_id: str, local_path: Path | None = None, *, rebuild: bool = False
+) -> dict[str, Any]:
+    """The job's stored report (written when it finished), copied to ``local_path``; written now
+    if the job has none yet (a cancelled job, a job from before reports were automatic, a report
+    task that has not run) or ``rebuild`` asks. Same answer as ``write_report``."""
+    job = get_job(settings, job_id)
+    if rebuild or not job.report_uri or not job.csv_uri:
+        return write_report(settings, job_id, local_path)
+    if local_path is not None:
+        _write_local(local_path, read_uri(job.report_uri, settings))
+    return {"html": job.report_uri, "csv": job.csv_uri, "local": str(local_path) if local_path else None}
+
+
+def export_csv(settings: Settings, job_id: str, path: Path) -> int:
+    """Write the job's per-image CSV (built now from SQL) to ``path``; returns the rows written."""
+    job = get_job(settings, job_id)
+    data = write_csv(settings, job_id, open_model_store(settings).manifest(job.model_name, job.model_version))
+    _write_local(path, data)
+    return max(data.count(b"\n") - 1, 0)

@@ -28,14 +28,14 @@ from typing import Literal
 
 from sqlalchemy import select, update
 
-from cxr.core.db.jobs import FINAL_CHUNK, add_to_counters, finish_if_complete, job_identity
+from cxr.core.db.jobs import FINAL_CHUNK, add_to_counters, finish_if_complete, finished_in, job_identity
 from cxr.core.db.models import Chunk, ChunkStatus, Failure, Job, JobImage, JobStatus, new_id, utcnow
 from cxr.core.db.session import insert_ignoring_conflicts, insert_returning, session_scope
 from cxr.core.errors import PermanentError
 from cxr.core.settings import Settings
 from modelstore import ResolvedModel, open_model_store, parse_ref
 from scheduler.sources import WalkItem, normalise_source, walk
-from worker.app import check_broker, send_classify_chunk
+from worker.app import check_broker, send_classify_chunk, send_job_report
 
 log = logging.getLogger(__name__)
 
@@ -245,17 +245,23 @@ def _record_walk_problems(settings: Settings, job_id: str, seq: int, items: list
             [{"job_id": job_id, "uri": i.uri, "outcome": "failed", "chunk_seq": seq} for i in items],
         )
         add_to_counters(session, job_id, failed=failed)
+        finished = job_id in finished_in(session)
+    if finished:  # every image of the last chunk failed in the walk
+        send_job_report(settings, job_id)
 
 
 def _close_walk(settings: Settings, job_id: str, total: int) -> None:
-    """The walk is complete: the total is known, and the job may already be finished."""
+    """The walk is complete: the total is known, and the job may already be finished (always,
+    without a broker): then its report is asked for here."""
     with session_scope(settings) as session:
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.PENDING)
             .values(status=JobStatus.RUNNING, total=total, updated_at=utcnow())
         )
-        finish_if_complete(session, job_id)
+        finished = finish_if_complete(session, job_id)
+    if finished:
+        send_job_report(settings, job_id)
 
 
 def cancel(settings: Settings, job_id: str) -> bool:

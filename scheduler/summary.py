@@ -139,6 +139,7 @@ def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> d
         "shortcut": summarize_shortcut_scores(shortcut_scores(settings, job)).to_dict(),
         "shift": _shift(settings, job, shift_rows),
         "report": job.report_uri,
+        "csv": job.csv_uri,
         "created_at": start.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }

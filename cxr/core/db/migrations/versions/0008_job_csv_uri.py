@@ -1,0 +1,25 @@
+"""jobs.csv_uri: the per-image CSV a finished job's report task wrote (``report_uri`` holds the
+HTML report's)
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-06 04:10:00.000000
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0008'
+down_revision = '0007'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('jobs') as batch:
+        batch.add_column(sa.Column('csv_uri', sa.Text(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('jobs') as batch:
+        batch.drop_column('csv_uri')

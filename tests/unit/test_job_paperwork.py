@@ -1,0 +1,58 @@
+"""A job writes its own report and CSV when it ends, on the embedded defaults (SQLite, local
+store, no broker), and the `cxr jobs` commands find, copy and export them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from cxr.core.db.models import Job
+from cxr.core.db.session import dispose_engines, session_scope
+from cxr.core.storage import read_uri
+from tests import worker_support as support
+from tests.unit.test_cli_models import run_cxr
+
+
+def test_a_finished_job_has_its_report_and_csv_and_the_commands_find_them(tmp_path):
+    settings = support.embedded_with_tiny_model(tmp_path)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for i, data in enumerate(support.sample_images(3)):
+        (archive / f"film{i}.png").write_bytes(data)
+    (archive / "broken.png").write_bytes(support.CORRUPT)
+    dispose_engines()
+    data_dir = settings.data_dir
+
+    scored = json.loads(run_cxr("score", str(archive), "--model", "tiny@production", "--json",
+                                data_dir=data_dir).stdout)  # fmt: skip
+    job_id = scored["job_id"]
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        report_uri, csv_uri = job.report_uri, job.csv_uri
+    assert report_uri and report_uri.endswith("report.html")  # written by the job's own end
+    assert csv_uri and csv_uri.endswith("results.csv")
+    rows = list(csv.DictReader(io.StringIO(read_uri(csv_uri, settings).decode())))
+    assert len(rows) == 4 and sorted(r["outcome"] for r in rows) == ["failed", "scored", "scored", "scored"]
+
+    shown = run_cxr("jobs", "show", job_id, data_dir=data_dir).stdout
+    assert f"report: {report_uri}" in shown and f"per-image CSV: {csv_uri}" in shown
+
+    out = tmp_path / "copy" / "x.html"
+    run_cxr("jobs", "report", job_id, "--out", str(out), data_dir=data_dir)
+    assert out.read_bytes() == read_uri(report_uri, settings)
+
+    exported = tmp_path / "export.csv"
+    said = run_cxr("jobs", "export", job_id, "--csv", str(exported), data_dir=data_dir).stdout
+    assert "4 images" in said
+    assert list(csv.DictReader(exported.open())) == rows
+
+
+def test_an_empty_folder_warns_and_exits_3(tmp_path):
+    settings = support.embedded_with_tiny_model(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    dispose_engines()
+    done = run_cxr("score", str(empty), "--model", "tiny@production", data_dir=settings.data_dir, check=False)
+    assert done.returncode == 3, done.stderr
+    assert "found no image" in done.stderr
