@@ -391,6 +391,8 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
             training_run_id=run_id,
         )
     run_metrics = manifest_values(metrics)
+    # What the model was developed on (all splits), for model cards: images per class and source.
+    run_metrics["training_data"] = summary
     if holdout is not None:
         run_metrics["leave_source_out"] = manifest_values(holdout[1]) | {"dataset": holdout[0]}
     records.update_run(

@@ -6,10 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+from html.parser import HTMLParser
 
 from cxr.core.db.models import Job
 from cxr.core.db.session import dispose_engines, session_scope
 from cxr.core.storage import read_uri
+from scheduler.report import duration_text, render_html
+from scheduler.submit import submit
 from tests import worker_support as support
 from tests.unit.test_cli_models import run_cxr
 
@@ -56,3 +59,38 @@ def test_an_empty_folder_warns_and_exits_3(tmp_path):
     done = run_cxr("score", str(empty), "--model", "tiny@production", data_dir=settings.data_dir, check=False)
     assert done.returncode == 3, done.stderr
     assert "found no image" in done.stderr
+
+
+class _Attributes(HTMLParser):
+    """Every tag and attribute name of a page, as a browser's parser would see them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attributes: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attributes |= {name for name, _ in attrs}
+
+
+def test_a_hostile_file_name_is_text_in_the_report(tmp_path):
+    settings = support.embedded_with_tiny_model(tmp_path)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    hostile = "<img src=x onerror=alert(1)>.png"
+    (archive / hostile).write_bytes(support.sample_images(1)[0])
+    (archive / "<svg onload=alert(2)>.png").write_bytes(support.CORRUPT)  # a failure reason too
+    job = submit(settings, str(archive), "tiny@production", explain="all")
+    page = render_html(settings, job.job_id)
+    assert "&lt;img src=x onerror=alert(1)&gt;.png" in page  # shown, as text
+    parsed = _Attributes()
+    parsed.feed(page)
+    assert not {"onerror", "onload"} & parsed.attributes and "svg" not in parsed.tags
+    assert "&lt;svg onload=alert(2)&gt;.png" in page  # its failure is listed by name
+    assert "Model card: tiny@1" in page and "Borderline films" in page
+    assert 'href="results.csv"' in page
+
+
+def test_durations_read_as_people_write_them():
+    assert [duration_text(s) for s in (12.44, 187, 7500)] == ["12.4 s", "3 min 07 s", "2 h 05 min"]
