@@ -12,7 +12,6 @@ from rich.progress import (
     ProgressColumn,
     Task,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.text import Text
@@ -38,14 +37,14 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:.1f} {self.unit}/s", style="progress.data.speed")
 
 
-def progress_columns(unit: str = "img") -> tuple[ProgressColumn | str, ...]:
-    """The one bar layout of long work: what, bar, done/total, rate, elapsed and ETA."""
+def progress_columns(unit: str = "img") -> tuple[ProgressColumn, ...]:
+    """The one bar layout of long work, narrow enough for 80 columns: what, bar, done/total,
+    rate and time left."""
     return (
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=16),
         MofNCompleteColumn(),
         RateColumn(unit),
-        TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
@@ -80,17 +79,14 @@ def wait_for_job(settings: Settings, job_id: str, poll_s: float = 0.5, quiet: bo
         disable=quiet,
         transient=False,
     ) as progress:
-        task = progress.add_task(f"job {job_id}", total=None, detail="")
+        task = progress.add_task("scoring", total=None, detail="")
         while True:
             job = get_job(settings, job_id)
             done = job.scored + job.skipped + job.failed
             total = job.total if job.status != JobStatus.PENDING else None
-            progress.update(
-                task,
-                completed=done,
-                total=total,
-                detail=f"scored {job.scored} · skipped {job.skipped} · failed {job.failed}",
-            )
+            counts = ((job.skipped, "skipped"), (job.failed, "failed"))
+            detail = " · ".join(f"{n} {what}" for n, what in counts if n)
+            progress.update(task, completed=done, total=total, detail=detail)
             if job.status in FINAL:
                 return job.status
             now = time.monotonic()

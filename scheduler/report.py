@@ -240,6 +240,7 @@ def report_context(settings: Settings, job_id: str, csv_href: str = "results.csv
     return {
         "job": {
             "id": job.id, "source": job.source, "model": summary["model"], "status": summary["status"],
+            "error": job.error,
             "started": _when(job.created_at), "finished": _when(job.finished_at),
             "duration": duration_text(summary["seconds"]) if job.finished_at else None,
             "images_per_second": summary["images_per_second"],

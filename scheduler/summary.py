@@ -167,6 +167,7 @@ def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> d
         "shift": _shift(settings, job, shift_rows),
         "report": job.report_uri,
         "csv": job.csv_uri,
+        "error": job.error,
         "created_at": start.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }

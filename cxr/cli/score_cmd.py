@@ -70,6 +70,9 @@ def score(
                     "resumed": submitted.resumed, "chunks_sent": submitted.chunks_sent,
                 }
             )  # fmt: skip
+        if submitted.total == 0:
+            _warn_empty(submitted.job_id, source)
+            sys.exit(EXIT_EMPTY)
         return
     final = wait_for_job(settings, submitted.job_id, quiet=as_json)
     finish_waiting(settings, submitted.job_id, final, report_path, as_json)
@@ -99,11 +102,13 @@ def finish_waiting(
     if final != JobStatus.FINISHED:
         sys.exit(1)
     if summary["total"] == 0:
-        click.secho(
-            f"warning: job {job_id} found no image in {summary['source']}: check the path or prefix",
-            fg="yellow", err=True,
-        )  # fmt: skip
+        _warn_empty(job_id, summary["source"])
         sys.exit(EXIT_EMPTY)
+
+
+def _warn_empty(job_id: str, source: str) -> None:
+    message = f"warning: job {job_id} found no image in {source}: check the path or prefix"
+    click.secho(message, fg="yellow", err=True)
 
 
 def print_summary(summary: dict) -> None:
@@ -115,6 +120,8 @@ def print_summary(summary: dict) -> None:
     click.echo(
         f"model {summary['model']} · {summary['images_per_second']} images/s over {summary['seconds']} s"
     )
+    if summary.get("error"):
+        click.echo(f"error: {summary['error']}")
     for label, count in summary["by_label"].items():
         click.echo(f"  {label:<12} {count}")
     if summary["skipped_by_reason"]:

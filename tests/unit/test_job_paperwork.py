@@ -8,11 +8,16 @@ import io
 import json
 from html.parser import HTMLParser
 
-from cxr.core.db.models import Job
+import pytest
+from sqlalchemy import select
+
+from cxr.core.db.models import Job, JobStatus
 from cxr.core.db.session import dispose_engines, session_scope
 from cxr.core.storage import read_uri
+from modelstore import open_model_store
 from scheduler.report import duration_text, render_html
 from scheduler.submit import submit
+from scheduler.summary import job_summary
 from tests import worker_support as support
 from tests.unit.test_cli_models import run_cxr
 
@@ -94,3 +99,43 @@ def test_a_hostile_file_name_is_text_in_the_report(tmp_path):
 
 def test_durations_read_as_people_write_them():
     assert [duration_text(s) for s in (12.44, 187, 7500)] == ["12.4 s", "3 min 07 s", "2 h 05 min"]
+
+
+def test_a_submission_that_breaks_off_leaves_its_job_failed_not_pending(tmp_path):
+    settings = support.embedded_with_tiny_model(tmp_path)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for i, data in enumerate(support.sample_images(3)):
+        (archive / f"film{i}.png").write_bytes(data)
+
+    def progress(walked: int, sent: int) -> None:  # a caller whose display dies mid-walk
+        raise RuntimeError("terminal went away")
+
+    with pytest.raises(RuntimeError):
+        submit(settings, str(archive), "tiny@production", chunk_size=2, on_progress=progress)
+    with session_scope(settings) as session:
+        (job,) = session.scalars(select(Job)).all()
+        assert job.status == JobStatus.FAILED and job.active_identity is None
+        assert job.error == "submission failed: RuntimeError: terminal went away"
+    again = submit(settings, str(archive), "tiny@production", chunk_size=2)  # a new job, not blocked
+    assert again.job_id != job.id and not again.resumed
+    assert job_summary(settings, again.job_id)["status"] == "finished"
+
+
+def test_promote_takes_name_at_version_like_every_other_command(tmp_path):
+    settings = support.embedded_with_tiny_model(tmp_path)
+    open_model_store(settings).publish(
+        "tiny", support.build_model(tmp_path / "two.keras", seed=8), architecture="tiny_cnn",
+        classes=support.CLASSES, input_contract=support.CONTRACT, output="softmax",
+    )  # fmt: skip
+    dispose_engines()
+    data_dir = settings.data_dir
+    moved = json.loads(run_cxr("models", "promote", "tiny@2", "--alias", "production", "--json",
+                               data_dir=data_dir).stdout)  # fmt: skip
+    assert moved == {"name": "tiny", "alias": "production", "version": 2}
+    back = run_cxr("models", "promote", "tiny", "1", "--alias", "production", data_dir=data_dir).stdout
+    assert "tiny@production → 1" in back
+    latest = run_cxr("models", "promote", "tiny@latest", "--alias", "staging", data_dir=data_dir).stdout
+    assert "tiny@staging → 2" in latest
+    refused = run_cxr("models", "promote", "tiny", "--alias", "production", data_dir=data_dir, check=False)
+    assert refused.returncode == 1 and "NAME@VERSION" in refused.stderr

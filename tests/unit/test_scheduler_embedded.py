@@ -64,7 +64,7 @@ def test_score_with_wait_json_from_a_shell(settings, archive, tmp_path):
 
 
 def test_a_submission_killed_midway_resumes_and_scores_each_image_once(settings, archive):
-    class SchedulerKilled(Exception):
+    class SchedulerKilled(BaseException):  # a kill, not an error: KeyboardInterrupt, SystemExit
         pass
 
     def die_after_three_chunks(walked: int, sent: int) -> None:

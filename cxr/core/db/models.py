@@ -156,6 +156,8 @@ class Job(Base):
     #: or later by ``cxr jobs report``.
     report_uri: Mapped[str | None] = mapped_column(Text)
     csv_uri: Mapped[str | None] = mapped_column(Text)
+    #: Why the job failed: its submission broke off (``scheduler.submit``), in one line.
+    error: Mapped[str | None] = mapped_column(Text)
     #: ``job_identity(...)`` while the job is pending or running, NULL once it ended. Unique, so
     #: two schedulers racing to create the same job cannot both succeed: the loser resumes the
     #: winner's job (``scheduler.submit``).

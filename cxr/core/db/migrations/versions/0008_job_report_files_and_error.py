@@ -1,5 +1,5 @@
 """jobs.csv_uri: the per-image CSV a finished job's report task wrote (``report_uri`` holds the
-HTML report's)
+HTML report's); jobs.error: why a job failed (its submission broke off)
 
 Revision ID: 0008
 Revises: 0007
@@ -18,8 +18,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('jobs') as batch:
         batch.add_column(sa.Column('csv_uri', sa.Text(), nullable=True))
+        batch.add_column(sa.Column('error', sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('jobs') as batch:
+        batch.drop_column('error')
         batch.drop_column('csv_uri')
