@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -11,6 +13,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
 )
@@ -48,6 +51,44 @@ def progress_columns(unit: str = "img") -> tuple[ProgressColumn, ...]:
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
+
+
+class RichDisplay:
+    """``cxr.core.progress.Display`` on a rich ``Progress``: one bar per step of work, live only
+    while a step runs, so what runs between steps (Keras' own epoch lines) prints undisturbed;
+    a finished step's bar stays on the screen."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(*progress_columns(), console=console)
+        self.active = 0
+
+    def start(self, description: str, total: int | None, unit: str) -> int:
+        if self.active == 0:
+            self.progress.start()
+        self.active += 1
+        return int(self.progress.add_task(description, total=total))
+
+    def advance(self, bar: int, amount: int) -> None:
+        self.progress.advance(TaskID(bar), amount)
+
+    def stop(self, bar: int) -> None:
+        self.progress.stop_task(TaskID(bar))
+        self.active -= 1
+        if self.active == 0:
+            self.progress.refresh()
+            self.progress.stop()
+            for task in list(self.progress.task_ids):  # printed: the next step starts afresh
+                self.progress.remove_task(task)
+
+
+@contextlib.contextmanager
+def progress_display(quiet: bool = False) -> Iterator[None]:
+    """Bars on stderr (rate and ETA) for the long steps run inside the block: loading films,
+    feature passes, scoring (``cxr.core.progress``). ``quiet`` (e.g. ``--json``) shows none."""
+    from cxr.core import progress as core_progress
+
+    with core_progress.showing(None if quiet else RichDisplay(Console(stderr=True))):
+        yield
 
 
 def stall_advice(settings: Settings, job_id: str, stalled_s: float) -> str:

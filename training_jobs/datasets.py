@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr.core import progress
 from cxr.core.errors import ConfigurationError, ImageError, ObjectNotFound
 from cxr.core.imaging import InputContract, decode_image
 from cxr.core.imaging.formats import is_image_name
@@ -256,7 +257,8 @@ def load_dataset(
         keep = np.sort(np.random.default_rng(seed).choice(len(mapped), size=limit, replace=False))
         mapped = [mapped[i] for i in keep]
     with ThreadPoolExecutor(max_workers=settings.decode_threads) as pool:
-        results = list(pool.map(lambda pair: _load_one(store, pair[0], contract, settings, lungs), mapped))
+        loading = pool.map(lambda pair: _load_one(store, pair[0], contract, settings, lungs), mapped)
+        results = list(progress.track(loading, len(mapped), "loading films"))
 
     seen: set[str] = set()
     images, labels, patients, hashes, raw, meta, sources = [], [], [], [], [], [], []

@@ -181,6 +181,7 @@ def train(
 
     Research use only. Not for clinical decisions.
     """
+    from scheduler.progress import progress_display
     from training_jobs.by_source import source_lines
     from training_jobs.pipeline import Augmentation
     from training_jobs.train import TrainConfig
@@ -217,7 +218,10 @@ def train(
         verbose=1 if sys.stderr.isatty() and not as_json else 2,
     )
     # Keras writes its progress to stdout; with --json, stdout carries the JSON object alone.
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+    with (
+        contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(),
+        progress_display(quiet=as_json),
+    ):
         result = run_training(config, ready_settings())
     summary = {
         "run_id": result.run_id,
@@ -266,9 +270,11 @@ def train(
 @handle_errors
 def evaluate(ref: str, data: str, batch_size: int, seed: int, limit: int | None, as_json: bool) -> None:
     """Measure a published model on DATA; the figures join its manifest and the SQL catalogue."""
+    from scheduler.progress import progress_display
     from training_jobs.model_eval import evaluate_model
 
-    result = evaluate_model(ref, data, ready_settings(), batch_size=batch_size, seed=seed, limit=limit)
+    with progress_display(quiet=as_json):
+        result = evaluate_model(ref, data, ready_settings(), batch_size=batch_size, seed=seed, limit=limit)
     summary = {
         "model": result.model_ref,
         "evaluation_id": result.evaluation_id,
