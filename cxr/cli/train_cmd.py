@@ -226,6 +226,7 @@ def train(
     summary = {
         "run_id": result.run_id,
         "report": result.report_uri,
+        "report_html": _html_beside(result.report_uri),
         "model": result.model_ref,
         "parameters": result.parameters,
         "train_minutes": round(result.train_seconds / 60, 2),
@@ -256,7 +257,7 @@ def train(
         click.echo(f"leave-source-out {', '.join(holdout_sources)} (n={held['n']}): {_readable(held)}")
         for line in source_lines(held["per_source"]):
             click.echo(f"  held out, source {line}")
-    click.echo(f"report    {result.report_uri}")
+    click.echo(f"report    {_html_beside(result.report_uri)} (and report.md, report.json beside it)")
     click.echo(f"published {result.model_ref}" if result.model_ref else "not published (use --publish)")
 
 
@@ -279,6 +280,7 @@ def evaluate(ref: str, data: str, batch_size: int, seed: int, limit: int | None,
         "model": result.model_ref,
         "evaluation_id": result.evaluation_id,
         "report": result.report_uri,
+        "report_html": _html_beside(result.report_uri),
         "data_fingerprint": result.data_fingerprint,
         "n": result.metrics["n"],
         "metrics": _headline(result.metrics),
@@ -306,7 +308,7 @@ def evaluate(ref: str, data: str, batch_size: int, seed: int, limit: int | None,
                 figures.append(f"{kind} {text}{interval}")
             click.echo(f"  operating point {name} >= {threshold:.4f}: " + ", ".join(figures))
     click.echo(f"verdict: {result.metrics['site_verdict']['text']}")
-    click.echo(f"report {result.report_uri}")
+    click.echo(f"report {_html_beside(result.report_uri)} (and report.md, report.json beside it)")
 
 
 @click.command("train-segmenter")
@@ -346,3 +348,8 @@ def train_segmenter(
         f"(n={result.n['test']}); bad test masks {result.bad_test_masks}; "
         f"model {result.model_ref or 'not published'}"
     )
+
+
+def _html_beside(report_json_uri: str) -> str:
+    """The HTML page written beside a report's JSON (``training_jobs.report.write_html``)."""
+    return report_json_uri.rsplit("/", 1)[0] + "/report.html"
