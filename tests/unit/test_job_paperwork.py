@@ -45,6 +45,9 @@ def test_a_finished_job_has_its_report_and_csv_and_the_commands_find_them(tmp_pa
 
     shown = run_cxr("jobs", "show", job_id, data_dir=data_dir).stdout
     assert f"report: {report_uri}" in shown and f"per-image CSV: {csv_uri}" in shown
+    waited = run_cxr("jobs", "wait", job_id, data_dir=data_dir)  # an ended job: at once, exit 0
+    assert f"job {job_id} finished: 4 images, 3 scored, 0 skipped, 1 failed" in waited.stdout
+    assert f"report: {report_uri}" in waited.stdout
 
     out = tmp_path / "copy" / "x.html"
     run_cxr("jobs", "report", job_id, "--out", str(out), data_dir=data_dir)
