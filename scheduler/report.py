@@ -13,13 +13,16 @@ Public entry points (the CLI and the web pages call them): ``write_report``, ``e
 
 from __future__ import annotations
 
+import collections
 import csv
 import datetime as dt
 import functools
+import heapq
 import io
 import logging
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -167,43 +170,82 @@ def _card(
     }
 
 
-def _borderline(rows: list[ImageRow], manifest: Manifest) -> list[tuple[ImageRow, str]]:
-    """The scored films nearest a decision: to a class's operating-point threshold where the
-    model has them, else to a tie between its two most probable classes."""
-    scored: list[tuple[float, ImageRow, str]] = []
+@dataclass
+class _Picks:
+    """What the page shows of the job's images, gathered in one streamed pass (a job may hold
+    millions): the top films of each positive class, the borderline films, and the counts at
+    each operating point. Heaps keep only what is shown."""
+
+    top: dict[str, list[tuple[float, str, ImageRow]]] = field(default_factory=dict)
+    labelled: collections.Counter[str] = field(default_factory=collections.Counter)
+    edge: list[tuple[float, str, ImageRow, str]] = field(default_factory=list)
+    at_point: collections.Counter[str] = field(default_factory=collections.Counter)
+    scored: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+def _keep(heap: list, item: tuple, size: int) -> None:
+    """Keep the ``size`` largest items of a min-heap."""
+    if len(heap) < size:
+        heapq.heappush(heap, item)
+    elif item > heap[0]:
+        heapq.heapreplace(heap, item)
+
+
+def _distance(probs: dict[str, float], manifest: Manifest) -> tuple[float, str] | None:
+    """How near a film is to a decision: to a class's operating-point threshold where the model
+    has them, else to a tie between its two most probable classes."""
+    if manifest.operating_points:
+        gaps = [(abs(probs[c] - p.threshold), f"p({c}) {probs[c]:.3f} vs threshold {p.threshold:.3f}")
+                for c, p in manifest.operating_points.items() if c in probs]  # fmt: skip
+        return min(gaps) if gaps else None
+    if len(probs) < 2:
+        return None
+    (first, p1), (second, p2) = sorted(probs.items(), key=lambda kv: -kv[1])[:2]
+    return p1 - p2, f"p({first}) {p1:.3f} vs p({second}) {p2:.3f}"
+
+
+def _pick(rows: Iterable[ImageRow], manifest: Manifest) -> _Picks:
+    positive = [c for c in manifest.classes if is_positive(c)]
+    picks = _Picks(top={c: [] for c in positive})
     for row in rows:
         probs = row.probabilities or {}
+        if row.label is not None:
+            picks.labelled[row.label] += 1
+            if row.label in picks.top and row.label in probs:
+                # larger probability first, then the earlier URI: negate the URI's order via a key
+                _keep(picks.top[row.label], (probs[row.label], _reverse(row.uri), row), GALLERY_PER_CLASS)
         if row.outcome != "scored" or not probs:
             continue
-        if manifest.operating_points:
-            gaps = [(abs(probs[c] - p.threshold), f"p({c}) {probs[c]:.3f} vs threshold {p.threshold:.3f}")
-                    for c, p in manifest.operating_points.items() if c in probs]  # fmt: skip
-            if gaps:
-                gap, why = min(gaps)
-                scored.append((gap, row, why))
-            continue
-        (first, p1), (second, p2) = sorted(probs.items(), key=lambda kv: -kv[1])[:2]
-        scored.append((p1 - p2, row, f"p({first}) {p1:.3f} vs p({second}) {p2:.3f}"))
-    scored.sort(key=lambda item: (item[0], item[1].uri))
-    return [(row, why) for _, row, why in scored[:BORDERLINE_SIZE]]
+        for name, point in manifest.operating_points.items():
+            if name in probs:
+                picks.scored[name] += 1
+                picks.at_point[name] += probs[name] >= point.threshold
+        near = _distance(probs, manifest)
+        if near is not None:
+            _keep(picks.edge, (-near[0], _reverse(row.uri), row, near[1]), BORDERLINE_SIZE)
+    return picks
 
 
-def _galleries(settings: Settings, job: Job, rows: list[ImageRow], manifest: Manifest) -> dict[str, Any]:
+class _reverse(str):  # noqa: N801  (a sort key, used like a function)
+    """A string that sorts backwards, so a max-heap of (score, name) prefers the earlier name."""
+
+    def __lt__(self, other: str) -> bool:
+        return str.__gt__(self, other)
+
+    def __gt__(self, other: str) -> bool:
+        return str.__lt__(self, other)
+
+
+def _galleries(settings: Settings, job: Job, picks: _Picks) -> dict[str, Any]:
     """Top-k films of each positive class (so a rare class is shown however many films the
     common one has), and the borderline films."""
-    per_class: dict[str, list[ImageRow]] = {}
-    for name in manifest.classes:
-        if not is_positive(name):
-            continue
-        mine = [r for r in rows if r.label == name and (r.probabilities or {}).get(name) is not None]
-        mine.sort(key=lambda r: (-(r.probabilities or {})[name], r.uri))
-        per_class[name] = mine[:GALLERY_PER_CLASS]
-    borderline = _borderline(rows, manifest)
+    per_class = {name: [row for *_, row in sorted(heap, reverse=True)] for name, heap in picks.top.items()}
+    borderline = [(row, why) for _, _, row, why in sorted(picks.edge, reverse=True)]
     shown = {r.sha256 for picked in per_class.values() for r in picked if r.sha256}
     shown |= {r.sha256 for r, _ in borderline if r.sha256}
     explained = explanations(settings, job, sorted(shown)) if shown else {}
     classes = [
-        {"name": name, "total": sum(1 for r in rows if r.label == name),
+        {"name": name, "total": picks.labelled[name],
          "cards": [_card(settings, r, f"{name}-{i}", explained) for i, r in enumerate(picked)]}
         for name, picked in per_class.items()
     ]  # fmt: skip
@@ -211,17 +253,13 @@ def _galleries(settings: Settings, job: Job, rows: list[ImageRow], manifest: Man
     return {"classes": classes, "borderline": edge, "has_overlays": bool(explained)}
 
 
-def _operating_points(rows: list[ImageRow], manifest: Manifest) -> list[dict[str, Any]]:
-    out = []
-    for name, point in manifest.operating_points.items():
-        probs = [(r.probabilities or {}).get(name) for r in rows if r.outcome == "scored"]
-        values = [p for p in probs if p is not None]
-        out.append(
-            {"class": name, "threshold": point.threshold, "target": point.target_sensitivity,
-             "sensitivity": point.validation_sensitivity, "specificity": point.validation_specificity,
-             "positive": sum(1 for p in values if p >= point.threshold), "scored": len(values)}
-        )  # fmt: skip
-    return out
+def _operating_points(picks: _Picks, manifest: Manifest) -> list[dict[str, Any]]:
+    return [
+        {"class": name, "threshold": point.threshold, "target": point.target_sensitivity,
+         "sensitivity": point.validation_sensitivity, "specificity": point.validation_specificity,
+         "positive": picks.at_point[name], "scored": picks.scored[name]}
+        for name, point in manifest.operating_points.items()
+    ]  # fmt: skip
 
 
 def report_context(settings: Settings, job_id: str, csv_href: str = "results.csv") -> dict[str, Any]:
@@ -229,14 +267,14 @@ def report_context(settings: Settings, job_id: str, csv_href: str = "results.csv
     summary = job_summary(settings, job_id)
     job = get_job(settings, job_id)
     manifest = open_model_store(settings).manifest(job.model_name, job.model_version)
-    rows = list(image_rows(settings, job_id))
+    picks = _pick(image_rows(settings, job_id), manifest)
     shortcut = summary["shortcut"]
     shortcut_chart = None
     if shortcut["count"]:
         from scheduler.summary import shortcut_scores
 
         shortcut_chart = report_images.shortcut_chart(shortcut_scores(settings, job), shortcut["threshold"])
-    galleries = _galleries(settings, job, rows, manifest)
+    galleries = _galleries(settings, job, picks)
     return {
         "job": {
             "id": job.id, "source": job.source, "model": summary["model"], "status": summary["status"],
@@ -253,7 +291,7 @@ def report_context(settings: Settings, job_id: str, csv_href: str = "results.csv
         "galleries": galleries,
         "colour_bar": report_images.colour_bar() if galleries["has_overlays"] else None,
         "shift": summary.get("shift"),
-        "operating_points": _operating_points(rows, manifest),
+        "operating_points": _operating_points(picks, manifest),
         "shortcut": shortcut,
         "shortcut_chart": shortcut_chart,
         "failures_by_reason": summary["failures_by_reason"],

@@ -142,3 +142,25 @@ def test_promote_takes_name_at_version_like_every_other_command(tmp_path):
     assert "tiny@staging → 2" in latest
     refused = run_cxr("models", "promote", "tiny", "--alias", "production", data_dir=data_dir, check=False)
     assert refused.returncode == 1 and "NAME@VERSION" in refused.stderr
+
+
+def test_each_positive_class_gets_its_own_gallery_and_the_borderline_films_are_nearest_a_tie():
+    from scheduler.report import GALLERY_PER_CLASS, _pick
+    from scheduler.summary import ImageRow
+
+    def row(uri: str, covid: float, pneumonia: float) -> ImageRow:
+        probs = {"covid": covid, "normal": 1 - covid - pneumonia, "pneumonia": pneumonia}
+        label = max(probs, key=probs.__getitem__)
+        return ImageRow(uri, uri * 64, "scored", label, probs[label], probs, None, None, None, None, None)
+
+    rows = [row(f"p{i:02d}", 0.05, 0.90 - i / 100) for i in range(20)]  # many confident pneumonia
+    rows += [row("c1", 0.60, 0.10), row("c2", 0.55, 0.20)]  # two covid calls, less confident
+    rows += [row("edge", 0.41, 0.40)]  # a near tie
+    manifest = type("M", (), {"classes": ["covid", "normal", "pneumonia"], "operating_points": {}})()
+    picks = _pick(iter(rows), manifest)
+    covid = [r.uri for *_, r in sorted(picks.top["covid"], reverse=True)]
+    pneumonia = [r.uri for *_, r in sorted(picks.top["pneumonia"], reverse=True)]
+    assert covid == ["c1", "c2", "edge"]
+    assert pneumonia == [f"p{i:02d}" for i in range(GALLERY_PER_CLASS)]
+    assert picks.labelled == {"pneumonia": 20, "covid": 3}
+    assert max(picks.edge)[2].uri == "edge"  # the nearest to a tie
