@@ -8,7 +8,7 @@ under ``reports/jobs/<job_id>/``; a finished job writes them itself (``cxr.repor
 ``cxr jobs report ID --out PATH`` / ``cxr score --wait --report PATH`` also write a copy.
 
 Public entry points (the CLI and the web pages call them): ``write_report``, ``ensure_report``,
-``render_html``, ``write_csv``, ``export_csv``.
+``render_html``, ``write_csv`` / ``write_csv_to``, ``export_csv``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,12 @@ import functools
 import heapq
 import io
 import logging
+import tempfile
 import urllib.parse
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import jinja2
 
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 #: Films shown per positive class (the most confident of that class) and near the threshold.
 GALLERY_PER_CLASS = 6
 BORDERLINE_SIZE = 6
+#: A job's CSV is built in memory up to this size, then in a temporary file.
+CSV_IN_MEMORY_BYTES = 16 * 1024 * 1024
 #: Failed files listed by name (all of them are in the CSV).
 FAILED_FILES_SHOWN = 100
 
@@ -96,17 +99,32 @@ def csv_columns(manifest: Manifest) -> list[Column]:
     ]  # fmt: skip
 
 
-def write_csv(settings: Settings, job_id: str, manifest: Manifest) -> bytes:
-    """One row per image of the job (``csv_columns``), in URI order."""
+def write_csv_to(settings: Settings, job_id: str, manifest: Manifest, stream: BinaryIO) -> int:
+    """Stream one row per image of the job (``csv_columns``), in URI order, as UTF-8 into
+    ``stream``; returns the rows written. Memory stays flat however large the job."""
     columns = csv_columns(manifest)
     explained = explanations(settings, get_job(settings, job_id))
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow([name for name, _ in columns])
-    for row in image_rows(settings, job_id):
-        info = explained.get(row.sha256 or "")
-        writer.writerow([fill(row, info) for _, fill in columns])
-    return buffer.getvalue().encode("utf-8")
+    text = io.TextIOWrapper(stream, encoding="utf-8", newline="", write_through=True)
+    try:
+        writer = csv.writer(text)
+        writer.writerow([name for name, _ in columns])
+        rows = 0
+        for row in image_rows(settings, job_id):
+            info = explained.get(row.sha256 or "")
+            writer.writerow([fill(row, info) for _, fill in columns])
+            rows += 1
+        text.flush()
+    finally:
+        text.detach()  # leave ``stream`` open for the caller
+    return rows
+
+
+def write_csv(settings: Settings, job_id: str, manifest: Manifest) -> bytes:
+    """The job's per-image CSV as bytes (``write_csv_to``; for small jobs and callers that want
+    the whole file in memory)."""
+    buffer = io.BytesIO()
+    write_csv_to(settings, job_id, manifest, buffer)
+    return buffer.getvalue()
 
 
 # -- the HTML page ------------------------------------------------------------------------------
@@ -321,9 +339,10 @@ def write_report(settings: Settings, job_id: str, local_path: Path | None = None
     job = get_job(settings, job_id)
     manifest = open_model_store(settings).manifest(job.model_name, job.model_version)
     store = open_store(settings=settings)
-    csv_uri = store.put(
-        f"reports/jobs/{job_id}/results.csv", write_csv(settings, job_id, manifest), "text/csv"
-    )
+    with tempfile.SpooledTemporaryFile(max_size=CSV_IN_MEMORY_BYTES) as spool:
+        write_csv_to(settings, job_id, manifest, spool)  # type: ignore[arg-type]
+        spool.seek(0)
+        csv_uri = store.put(f"reports/jobs/{job_id}/results.csv", spool, "text/csv")  # type: ignore[arg-type]
     with session_scope(settings) as session:  # first, so the page can name it
         session.get(Job, job_id).csv_uri = csv_uri
     page = render_html(settings, job_id).encode("utf-8")
@@ -358,8 +377,13 @@ def ensure_report(
 
 
 def export_csv(settings: Settings, job_id: str, path: Path) -> int:
-    """Write the job's per-image CSV (built now from SQL) to ``path``; returns the rows written."""
+    """Write the job's per-image CSV (built now from SQL, streamed) to ``path``; returns the rows
+    written."""
     job = get_job(settings, job_id)
-    data = write_csv(settings, job_id, open_model_store(settings).manifest(job.model_name, job.model_version))
-    _write_local(path, data)
-    return max(data.count(b"\n") - 1, 0)
+    manifest = open_model_store(settings).manifest(job.model_name, job.model_version)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as stream:
+            return write_csv_to(settings, job_id, manifest, stream)
+    except OSError as exc:  # name the file: a write error alone does not
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
