@@ -306,7 +306,15 @@ def _close_walk(settings: Settings, job_id: str, total: int) -> None:
 
 
 def cancel(settings: Settings, job_id: str) -> bool:
-    """Stop a job: workers skip its remaining chunks. True if it was still running."""
+    """Stop a job: workers skip its remaining chunks, and its report is written as it stands
+    (a cancelled job is frozen at its cancel). True if it was still running."""
+    cancelled = _cancel(settings, job_id)
+    if cancelled:
+        send_job_report(settings, job_id)
+    return cancelled
+
+
+def _cancel(settings: Settings, job_id: str) -> bool:
     with session_scope(settings) as session:
         result = session.execute(
             update(Job)

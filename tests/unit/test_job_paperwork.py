@@ -164,3 +164,31 @@ def test_each_positive_class_gets_its_own_gallery_and_the_borderline_films_are_n
     assert pneumonia == [f"p{i:02d}" for i in range(GALLERY_PER_CLASS)]
     assert picks.labelled == {"pneumonia": 20, "covid": 3}
     assert max(picks.edge)[2].uri == "edge"  # the nearest to a tie
+
+
+def test_a_cancelled_job_gets_its_report_as_it_stood(tmp_path):
+    from scheduler.submit import cancel
+
+    settings = support.embedded_with_tiny_model(tmp_path)
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    for i, data in enumerate(support.sample_images(4)):
+        (archive / f"film{i}.png").write_bytes(data)
+
+    class Killed(BaseException):
+        pass
+
+    def killed_after_one_chunk(walked: int, sent: int) -> None:
+        raise Killed
+
+    with pytest.raises(Killed):  # the scheduler dies mid-walk: its job stays pending
+        submit(settings, str(archive), "tiny@production", chunk_size=2, on_progress=killed_after_one_chunk)
+    with session_scope(settings) as session:
+        job_id = session.scalars(select(Job.id)).one()
+    assert cancel(settings, job_id)
+    with session_scope(settings) as session:
+        job = session.get(Job, job_id)
+        assert job.status == JobStatus.CANCELLED and job.report_uri and job.csv_uri
+    page = read_uri(job.report_uri, settings).decode()
+    assert "Cancelled at" in page and "are final" in page
+    assert read_uri(job.csv_uri, settings).decode().count("\n") == 3  # a header and the two films scored
