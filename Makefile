@@ -13,7 +13,7 @@ CXR := CXR_DATA_DIR=$(DEMO_DIR) TF_CPP_MIN_LOG_LEVEL=3 $(VENV)/bin/cxr
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,dicom]"
 	touch $@
 
 install: $(VENV)/.installed

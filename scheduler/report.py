@@ -33,6 +33,7 @@ from cxr import INTENDED_USE
 from cxr.core.db.models import Job
 from cxr.core.db.session import session_scope
 from cxr.core.labels import is_positive
+from cxr.core.privacy import JOIN_KEY_COLUMNS
 from cxr.core.settings import Settings
 from cxr.core.storage import open_store, read_uri
 from modelstore import Manifest, open_model_store
@@ -67,7 +68,8 @@ def _yes_no(value: bool) -> str:
 def csv_columns(manifest: Manifest) -> list[Column]:
     """The CSV's columns for this model: outcome, label and probabilities, "positive at the
     operating point" per class that has one, the shift percentile and flag, the explained class
-    and shortcut score of explained images, and why an image failed or was skipped."""
+    and shortcut score of explained images, why an image failed or was skipped, and the salted
+    DICOM join keys."""
 
     def prob(name: str) -> Callable[[ImageRow, Explained | None], str]:
         return lambda row, _: _num((row.probabilities or {}).get(name))
@@ -96,7 +98,13 @@ def csv_columns(manifest: Manifest) -> list[Column]:
         ("failure_stage", lambda r, _: r.failure_stage or ""),
         ("failure_reason", lambda r, _: r.failure_reason or ""),
         ("skip_reason", lambda r, _: r.skip_reason or ""),
+        *((name, _join_key(i)) for i, name in enumerate(JOIN_KEY_COLUMNS)),
     ]  # fmt: skip
+
+
+def _join_key(index: int) -> Callable[[ImageRow, Explained | None], str]:
+    """The salted hash of a DICOM join key (``cxr.core.privacy.JOIN_KEY_COLUMNS``), if any."""
+    return lambda row, _: (row.join_keys[index] if index < len(row.join_keys) else None) or ""
 
 
 def write_csv_to(settings: Settings, job_id: str, manifest: Manifest, stream: BinaryIO) -> int:

@@ -1,4 +1,5 @@
-"""Walking an archive lazily: a local folder, an ``s3://bucket/prefix``, or a list file of URIs.
+"""Walking an archive lazily: a local folder, an ``s3://bucket/prefix``, a list file of URIs, or
+a PACS over DICOMweb (``dicomweb://host:port/path?filters``, QIDO-RS: ``cxr.core.dicomweb``).
 
 The walk yields one ``WalkItem`` at a time in a deterministic order (sorted names, S3 key order),
 so an archive of millions of images is never held in memory and a re-run after a crash cuts the
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr.core.dicomweb import is_dicomweb, parse_source, walk_instances
 from cxr.core.errors import InvalidObjectKey, PermanentError
 from cxr.core.imaging.formats import is_image_name
 from cxr.core.settings import Settings
@@ -30,7 +32,10 @@ class WalkItem:
 
 
 def normalise_source(source: str) -> str:
-    """A stable identity for a source (absolute file URI or the S3 URI), used to resume jobs."""
+    """A stable identity for a source (absolute file URI, the S3 URI, the DICOMweb URI with its
+    filters sorted), used to resume jobs."""
+    if is_dicomweb(source):
+        return parse_source(source).uri
     if source.startswith("s3://"):
         parse_uri(source)
         return source.rstrip("/")
@@ -73,6 +78,9 @@ def _check_list_file(path: Path) -> None:
 
 def walk(source: str, settings: Settings) -> Iterator[WalkItem]:
     """Every image reference under ``source`` (already normalised), lazily."""
+    if is_dicomweb(source):
+        yield from (WalkItem(uri) for uri in walk_instances(parse_source(source), settings))
+        return
     if source.startswith("s3://"):
         yield from _walk_s3(source, settings)
         return

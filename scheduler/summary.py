@@ -10,10 +10,11 @@ from typing import Any
 
 from sqlalchemy import and_, func, select
 
-from cxr.core.db.models import CLASSIFICATION, Artifact, Failure, Job, JobImage, Prediction
+from cxr.core.db.models import CLASSIFICATION, Artifact, Failure, Image, Job, JobImage, Prediction
 from cxr.core.db.session import session_scope
 from cxr.core.errors import PermanentError
 from cxr.core.outcomes import Outcome
+from cxr.core.privacy import JOIN_KEY_COLUMNS
 from cxr.core.settings import Settings
 from cxr.explain.shortcut import summarize_shortcut_scores
 from scheduler.shift_verdict import shift_verdict
@@ -36,6 +37,9 @@ class ImageRow:
     skip_reason: str | None
     shift_percentile: float | None
     out_of_distribution: bool | None
+    #: Salted hashes of the DICOM study, series and instance UIDs and the accession number, in
+    #: ``JOIN_KEY_COLUMNS`` order (None for non-DICOM images and images never scored).
+    join_keys: tuple[str | None, ...] = ()
 
 
 def _prediction_join(job: Job) -> Any:
@@ -203,14 +207,17 @@ def image_rows(settings: Settings, job_id: str, batch: int = 1000) -> Iterator[I
             JobImage.reason,
             Prediction.shift_percentile,
             Prediction.out_of_distribution,
+            *(getattr(Image, column) for column in JOIN_KEY_COLUMNS),
         )
         .select_from(JobImage)
         .outerjoin(Prediction, _prediction_join(job))
+        .outerjoin(Image, Image.sha256 == JobImage.image_sha256)
         .outerjoin(Failure, and_(Failure.job_id == JobImage.job_id, Failure.image_uri == JobImage.uri))
         .where(JobImage.job_id == job_id)
         .order_by(JobImage.uri)
         .execution_options(yield_per=batch)
     )
+    n_keys = len(JOIN_KEY_COLUMNS)
     with session_scope(settings) as session:
         for row in session.execute(statement):
-            yield ImageRow(*row)
+            yield ImageRow(*row[:-n_keys], join_keys=tuple(row[-n_keys:]))

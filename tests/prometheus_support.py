@@ -34,15 +34,24 @@ def binary(name: str) -> str:
     return str(path)
 
 
-def panel_targets(dashboard: dict[str, Any] | None = None) -> Iterator[tuple[str, str]]:
-    """``(panel title, expr)`` for every query of every panel, rows included."""
+#: What Grafana puts in place of the dashboard's variables when every value is selected
+#: (``allValue``), and the rate window a test uses for ``$__rate_interval``.
+DASHBOARD_VARIABLES = {"$__rate_interval": "5m", "$model": ".*", "$version": ".*", "$instance": ".*"}
+
+
+def panel_targets(dashboard: dict[str, Any] | None = None, raw: bool = False) -> Iterator[tuple[str, str]]:
+    """``(panel title, expr)`` for every query of every panel, rows included; the variables
+    replaced as Grafana would with "All" selected, unless ``raw``."""
     dashboard = dashboard or json.loads(DASHBOARD.read_text())
     stack = list(dashboard["panels"])
     while stack:
         panel = stack.pop(0)
         stack.extend(panel.get("panels", []))
         for target in panel.get("targets", []):
-            yield panel["title"], target["expr"]
+            expr = target["expr"]
+            for name, value in [] if raw else DASHBOARD_VARIABLES.items():
+                expr = expr.replace(name, value)
+            yield panel["title"], expr
 
 
 def rule_exprs() -> Iterator[tuple[str, str]]:
@@ -82,6 +91,7 @@ def config_for(targets: dict[str, list[str]], interval: str = "1s") -> dict[str,
     config["rule_files"] = [str(RULES)]
     for job in config["scrape_configs"]:
         job.update(scrape_interval=interval, scrape_timeout=interval)
+        job.pop("dns_sd_configs", None)  # compose service names: not resolvable here
         job["static_configs"] = [{"targets": targets[job["job_name"]]}]
     return config
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from cxr.core.db.session import session_scope
 from cxr.core.errors import ModelStoreError
+from cxr.core.imaging.lungs import fallback_counts
 from cxr.core.outcomes import FailureStage, Outcome, one_line
 from cxr.core.settings import Settings
 from cxr.core.storage.fetch import ObjectFetcher, process_fetcher
@@ -110,9 +111,11 @@ def _run_claimed(
         return ChunkReport(job_id, chunk_seq, "gave-up", failed=summary.failed, reason=reason)
 
     fetcher = fetcher or process_fetcher(settings)
+    masks_before = fallback_counts()
     outcome = classify_uris(
         uris, loaded, settings, fetcher, already_scored=functools.partial(scored_hashes, settings, spec)
     )
+    metrics.count_lung_masks(spec, masks_before, fallback_counts())
     explained = _explain_isolated(settings, job_id, spec, loaded, outcome, fetcher)
     write_started = time.perf_counter()
     summary = write_chunk(settings, job_id, chunk_seq, spec, loaded.classes, outcome, explained)

@@ -33,9 +33,9 @@ import numpy as np
 
 from cxr.core.errors import ImageError, TransientError
 from cxr.core.imaging import decode_image
-from cxr.core.imaging.dicom import ImageSkipped
+from cxr.core.imaging.dicom_policy import DicomPolicy, ImageSkipped
 from cxr.core.outcomes import FailureStage, SkipReason, one_line
-from cxr.core.privacy import hash_identifier
+from cxr.core.privacy import DICOM_HASHED_COLUMNS, hash_identifier
 from cxr.core.settings import Settings
 from cxr.core.storage.fetch import ObjectFetcher
 from modelstore.runtime import ModelRuntime
@@ -71,9 +71,9 @@ class PreparedImage:
     format: str
     width: int
     height: int
-    patient_id_hash: str | None
-    study_uid_hash: str | None
     tensor: np.ndarray
+    #: Salted hashes of the DICOM identifiers, by ``images`` column (``DICOM_HASHED_COLUMNS``).
+    hashed_ids: dict[str, str] = field(default_factory=dict)
 
     def skipped(self, reason: str) -> SkippedImage:
         return SkippedImage(self.uri, self.sha256, reason)
@@ -131,8 +131,9 @@ def prepare_image(uri: str, fetcher: ObjectFetcher, runtime: ModelRuntime, setti
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
             hasher=functools.partial(hash_identifier, settings=settings),
+            dicom_policy=DicomPolicy.from_settings(settings),
         )
-    except ImageSkipped as exc:  # readable, but outside what we score (e.g. a lateral view)
+    except ImageSkipped as exc:  # readable, but outside what we score (a lateral view, a CT slice)
         return SkippedImage(uri, sha256, str(exc))
     except Exception as exc:
         return ImageFailure(uri, FailureStage.DECODE, _reason(exc), sha256)
@@ -148,9 +149,8 @@ def prepare_image(uri: str, fetcher: ObjectFetcher, runtime: ModelRuntime, setti
         format=decoded.format,
         width=decoded.width,
         height=decoded.height,
-        patient_id_hash=decoded.metadata.get("patient_id_hash"),
-        study_uid_hash=decoded.metadata.get("study_uid_hash"),
         tensor=tensor,
+        hashed_ids={k: v for k, v in decoded.metadata.items() if k in DICOM_HASHED_COLUMNS.values()},
     )
 
 

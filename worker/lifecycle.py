@@ -11,7 +11,7 @@ from celery import signals
 
 from cxr.core.db.session import dispose_engines
 from cxr.core.settings import Settings, get_settings
-from worker.metrics import start_metrics_server
+from worker import metrics
 
 log = logging.getLogger(__name__)
 
@@ -74,16 +74,26 @@ def on_worker_init(sender: Any = None, **_: Any) -> None:
     """In the parent, before the pool forks: remember how many processes will share the cores."""
     global _pool_processes
     _pool_processes = pool_processes(getattr(sender, "pool_cls", None), getattr(sender, "concurrency", 1))
+    metrics.start_worker_metrics_server(get_settings().metrics_port)  # multiprocess mode only
 
 
 @signals.worker_process_init.connect
 def on_process_init(**_: Any) -> None:
     """After the fork (or at solo-pool start): drop inherited connections, size TensorFlow's
-    threads, serve metrics."""
+    threads, serve metrics (one port per process) or ready this process's files (one per worker)."""
     settings = get_settings()
     dispose_engines()
     threads = configure_inference_threads(settings, _pool_processes)
     log.info(
         "inference threads: %d (worker processes: %d, cores: %d)", threads, _pool_processes, available_cores()
     )
-    start_metrics_server(settings.metrics_port, pool_process_index())
+    if metrics.MULTIPROCESS_DIR:
+        metrics.touch_values()  # the main process serves this child's files
+    else:
+        metrics.start_metrics_server(settings.metrics_port, pool_process_index())
+
+
+@signals.worker_process_shutdown.connect
+def on_process_shutdown(**_: Any) -> None:
+    """A pool child exits: its live gauges leave the multiprocess totals."""
+    metrics.process_exited()

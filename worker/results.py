@@ -35,6 +35,7 @@ from cxr.core.db.models import (
 )
 from cxr.core.db.session import get_engine, insert_ignoring_conflicts, insert_returning, session_scope
 from cxr.core.outcomes import FailureStage, Outcome, SkipReason
+from cxr.core.privacy import DICOM_HASHED_COLUMNS
 from cxr.core.settings import Settings
 from modelstore import ResolvedModel
 from worker import metrics
@@ -144,8 +145,7 @@ def write_chunk(
                     "format": image.format,
                     "width": image.width,
                     "height": image.height,
-                    "patient_id_hash": image.patient_id_hash,
-                    "study_uid_hash": image.study_uid_hash,
+                    **{column: image.hashed_ids.get(column) for column in DICOM_HASHED_COLUMNS.values()},
                 },
             )
             predictions.setdefault(

@@ -19,6 +19,7 @@ from cxr.cli.models_cmd import models
 from cxr.cli.retrain_cmd import retrain
 from cxr.cli.score_cmd import score
 from cxr.cli.train_cmd import evaluate, train, train_segmenter
+from cxr.cli.web_cmd import web
 
 
 @click.group(cls=CxrGroup)
@@ -52,6 +53,7 @@ cli.add_command(train_segmenter)
 cli.add_command(adapt)
 cli.add_command(retrain)
 cli.add_command(exporter)
+cli.add_command(web)
 
 
 if __name__ == "__main__":

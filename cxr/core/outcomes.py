@@ -1,12 +1,13 @@
 """The one vocabulary for what became of an image: an outcome, and for failures the stage.
 
 SQL rows (``job_images.outcome``, ``failures.stage``), Prometheus labels
-(``cxr_images_scored_total{outcome, label}``), the per-image CSV, the HTML report and the docs all
+(``cxr_images_scored_total{outcome, class, stage}``), the per-image CSV, the HTML report and the docs all
 use these values, so a figure in one place can be found in every other.
 
 - ``scored``: the model ran on the image and its prediction is stored.
 - ``skipped``: deliberately not run, with a reason: this model version already scored the same
-  bytes, or a policy keeps the image out (a lateral view). Skips are not failures: they do not
+  bytes, or a policy keeps the image out (a lateral view, a CT slice: see
+  ``cxr.core.imaging.dicom_policy``). Skips are not failures: they do not
   count towards the failure-ratio alert.
 - ``failed``: the image could not be scored; ``FailureStage`` says where, the reason says why.
 """
@@ -45,6 +46,14 @@ class SkipReason(enum.StrEnum):
 
     ALREADY_SCORED = "already scored by this model version"
     DUPLICATE_IN_CHUNK = "same bytes as another image of this chunk"
+    # The DICOM scoring policy (cxr.core.imaging.dicom_policy); the reason adds the value seen.
+    DICOM_MODALITY = "DICOM modality not scored"
+    DICOM_BODY_PART = "DICOM body part not chest"
+    DICOM_VIEW = "DICOM view not frontal"
+    DICOM_FOR_PROCESSING = "DICOM image for processing, not for presentation"
+    DICOM_DERIVED = "DICOM image derived or secondary"
+    DICOM_BURNED_IN = "DICOM image has burned-in annotation"
+    DICOM_PHOTOMETRIC = "DICOM photometric interpretation not handled"
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

@@ -85,6 +85,37 @@ class Settings(BaseSettings):
         "(decompression bombs).",
     )
     inference_batch_size: int = Field(default=32, ge=1, description="Images per forward pass.")
+    # ---- a PACS as a source (dicomweb:// and dicomwebs://, cxr.core.dicomweb) -----------------
+    dicomweb_username: str | None = Field(default=None, description="DICOMweb basic-auth user name.")
+    dicomweb_password: SecretStr | None = Field(default=None, description="DICOMweb basic-auth password.")
+    dicomweb_token: SecretStr | None = Field(
+        default=None, description="DICOMweb bearer token (used instead of the user name and password)."
+    )
+    dicomweb_timeout_s: float = Field(default=60.0, gt=0, description="Timeout of one DICOMweb request.")
+    dicomweb_page_size: int = Field(
+        default=500, ge=1, description="QIDO-RS results asked for per page (limit/offset paging)."
+    )
+    # ---- which DICOM objects are scored (cxr.core.imaging.dicom_policy); others are skipped --
+    dicom_modalities: str = Field(default="CR,DX", description="DICOM modalities scored, comma-separated.")
+    dicom_body_parts: str = Field(
+        default="CHEST", description="BodyPartExamined values scored, comma-separated (absent is scored)."
+    )
+    dicom_views: str = Field(
+        default="PA,AP", description="ViewPosition values scored, comma-separated (absent is scored)."
+    )
+    dicom_photometric: str = Field(
+        default="MONOCHROME1,MONOCHROME2,RGB,YBR_FULL,YBR_FULL_422",
+        description="PhotometricInterpretation values scored, comma-separated.",
+    )
+    dicom_skip_burned_in: bool = Field(
+        default=True, description="Skip DICOM images with BurnedInAnnotation YES (text in the pixels)."
+    )
+    dicom_skip_derived: bool = Field(
+        default=True, description="Skip DICOM images whose ImageType is DERIVED or SECONDARY."
+    )
+    dicom_skip_for_processing: bool = Field(
+        default=True, description="Skip DICOM images whose PresentationIntentType is FOR PROCESSING."
+    )
     decode_threads: int = Field(
         default=2, ge=1, description="Threads that fetch and decode while the model infers."
     )
@@ -174,6 +205,44 @@ class Settings(BaseSettings):
         "pending images and prediction shares read from Redis and SQL.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO")
+
+    # ---- the web front door (`cxr web`) -----------------------------------------------------
+    web_token: SecretStr | None = Field(
+        default=None,
+        description="Secret that `cxr web` requires: the API takes it as `Authorization: Bearer "
+        "...`, the pages through a login form. Unset: `cxr web` refuses to start (on a loopback "
+        "address, `cxr web --generate-token` makes a one-off token instead).",
+    )
+    web_host: str = Field(
+        default="127.0.0.1",
+        description="Address `cxr web` binds. Only this machine by default; put a TLS proxy in "
+        "front before binding anything else.",
+    )
+    web_port: int = Field(default=8080, ge=1, le=65535, description="Port `cxr web` listens on.")
+    web_model: str = Field(
+        default="cxr@production",
+        description="Model an upload or `POST /api/v1/predict` uses when it names none (NAME@REF).",
+    )
+    web_max_upload_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=1,
+        description="Largest film accepted by an upload (413 past it); a DICOM of 4k×4k at 16 "
+        "bits is 32 MiB.",
+    )
+    web_max_upload_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Most pixels an uploaded film may claim in its header (422 past it), checked "
+        "before decoding: a 5k×5k film, far above any radiograph.",
+    )
+    web_cookie_secure: bool = Field(
+        default=False,
+        description="Mark the session cookie Secure (sent over HTTPS only): set it when `cxr web` "
+        "is reached through a TLS proxy. A request that arrives over HTTPS gets it anyway.",
+    )
+    web_session_hours: float = Field(
+        default=8.0, gt=0, description="How long a login to the web pages lasts (one shift)."
+    )
 
     # ---- scheduled retraining (Celery beat → queue 'train') --------------------------------
     retrain_schedule: str | None = Field(

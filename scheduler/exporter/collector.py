@@ -142,7 +142,9 @@ class ClusterCollector(Collector):
             labels=["model", "decision"],
         )
         if snap is not None:
-            for (model, decision), count in snap.promotion_decisions.items():
+            # Zeros, not gaps: every catalogued model has both decisions, every version with
+            # stored predictions has a flagged count, so shares and panels read 0 instead of nothing.
+            for (model, decision), count in _decisions_with_zeros(snap).items():
                 decisions.add_metric([model, decision], count)
             for status, count in snap.jobs_by_status.items():
                 jobs.add_metric([status], count)
@@ -153,7 +155,8 @@ class ClusterCollector(Collector):
                 versions.add_metric([model], count)
             for labels, count in snap.predictions.items():
                 predictions.add_metric(list(labels), count)
-            for labels, count in snap.out_of_distribution.items():
+            scored_versions = {(model, version): 0 for model, version, _ in snap.predictions}
+            for labels, count in (scored_versions | snap.out_of_distribution).items():
                 flagged.add_metric(list(labels), count)
         yield from (jobs, pending, runs, versions, predictions, flagged, decisions)
         yield self._shortcut_family(snap.shortcut_scores if snap else None)
@@ -162,14 +165,20 @@ class ClusterCollector(Collector):
     def _shortcut_family(scores: queries.ShortcutScores | None) -> Metric:
         family = HistogramMetricFamily(
             "cxr_shortcut_score",
-            "Distribution of the shortcut score (share of explanation mass outside the lungs) "
-            "over artifacts whose params carry one.",
+            "Distribution of the shortcut score of explained images: the share of heatmap energy "
+            "outside the lung mask (models with a lung step) or else outside the central chest "
+            "box, from the overlay artifacts' params.",
         )
         if scores is not None:
             buckets = [(_le(le), count) for le, count in scores.buckets.items()]
             buckets.append(("+Inf", scores.count))
             family.add_metric([], buckets, sum_value=scores.total)
         return family
+
+
+def _decisions_with_zeros(snap: queries.SqlSnapshot) -> dict[tuple[str, str], int]:
+    zeros = {(model, decision): 0 for model in snap.model_versions for decision in ("promoted", "kept")}
+    return zeros | snap.promotion_decisions
 
 
 def _le(bound: float) -> str:

@@ -85,7 +85,8 @@ def test_dashboard_and_alert_queries_on_a_real_prometheus(cluster_settings, expo
     publish(settings, tmp_path, "mon")
     wait = support.wait_for
 
-    wait(lambda: prometheus.values('sum(up{job=~"cxr-worker|cxr-exporter"})') == [2.0], 60, "both targets up")
+    both_up = 'sum(up{cxr_component=~"worker|exporter"})'  # the label the scrape config adds
+    wait(lambda: prometheus.values(both_up) == [2.0], 60, "both targets up")
     # A first job loads the model, which creates its counters; the second moves them while
     # Prometheus watches, so every rate() of the dashboard has an increase to show.
     first = score(settings, tmp_path, archive(tmp_path / "warm-up", range(3)))

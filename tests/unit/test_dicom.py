@@ -7,7 +7,7 @@ import pytest
 
 from cxr.core.errors import ImageError
 from cxr.core.imaging import decode_image
-from cxr.core.imaging.dicom import ImageSkipped
+from cxr.core.imaging.dicom_policy import DicomPolicy, ImageSkipped
 from tests.dicom_files import IDENTIFIERS, make_dicom
 
 LIMITS = {"max_bytes": 50_000_000, "max_pixels": 40_000_000}
@@ -52,7 +52,7 @@ def test_rescale_slope_does_not_change_the_normalised_image():
 
 
 def test_lateral_view_is_skipped_with_a_reason():
-    with pytest.raises(ImageSkipped, match="view position 'LL' is not frontal"):
+    with pytest.raises(ImageSkipped, match="view not frontal: LL"):
         decode_image(make_dicom(RAMP, view="LL"), **LIMITS)
 
 
@@ -61,16 +61,23 @@ def test_no_pixel_data_is_a_clear_failure():
         decode_image(make_dicom(RAMP, with_pixels=False), **LIMITS)
 
 
-def test_compressed_without_a_decoder_names_what_to_install():
+def test_compressed_decodes_or_names_what_to_install():
     from pydicom.data import get_testdata_file
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLSLossless
 
     path = get_testdata_file("MR_small_jpeg_ls_lossless.dcm")
     if path is None:
         pytest.skip("pydicom's bundled JPEG-LS test file is not available")
     with open(path, "rb") as stream:
         data = stream.read()
+    mr = DicomPolicy(modalities=frozenset({"MR"}), skip_derived=False)  # pydicom's MR test file
+    if get_decoder(JPEGLSLossless).is_available:  # the cxr[dicom] extra is installed
+        decoded = decode_image(data, max_bytes=50_000_000, max_pixels=40_000_000, dicom_policy=mr)
+        assert decoded.pixels.shape == (64, 64)
+        return
     with pytest.raises(ImageError, match=r"JPEG-LS.*pylibjpeg"):
-        decode_image(data, max_bytes=50_000_000, max_pixels=40_000_000)
+        decode_image(data, max_bytes=50_000_000, max_pixels=40_000_000, dicom_policy=mr)
 
 
 def test_identifiers_leave_only_as_salted_hashes():

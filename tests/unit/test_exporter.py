@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cxr.core.db.migrate import upgrade
-from cxr.core.db.models import Artifact, Image, Job, JobStatus, Prediction, TrainingRun
+from cxr.core.db.models import Artifact, Image, Job, JobStatus, ModelVersion, Prediction, TrainingRun
 from cxr.core.db.session import dispose_engines, session_scope
 from scheduler.exporter import make_registry
 from scheduler.exporter.server import make_app
@@ -80,6 +80,24 @@ def test_sql_series(settings):
     assert values[("cxr_shortcut_score_sum", ())] == pytest.approx(0.15 + 0.45 + 0.75)
     assert values[("cxr_exporter_source_up", (("source", "sql"),))] == 1
     assert not any(name == "cxr_queue_depth" for name, _ in values)  # no broker configured
+
+
+def test_zeros_instead_of_gaps_for_shift_flags_and_promotion_decisions(settings):
+    """A version with predictions and no flag reads 0 flagged (its shift share is 0%, not absent);
+    a catalogued model with no gate run reads 0 promoted and 0 kept."""
+    with session_scope(settings) as session:
+        session.add(ModelVersion(name="n", version=1, sha256="s" * 64, uri="u", architecture="tiny_cnn",
+                                 classes=["a", "b"], manifest={}))  # fmt: skip
+        session.add(Image(sha256="f" * 64, source_uri="u", bytes=1, format="png", width=1, height=1))
+        session.flush()
+        session.add(Prediction(image_sha256="f" * 64, model_name="n", model_version=1, label="a",
+                               confidence=0.9, probabilities={"a": 0.9},
+                               out_of_distribution=False))  # fmt: skip
+    registry, _ = make_registry(settings)
+    values = samples(registry)
+    assert values[("cxr_predictions_out_of_distribution", (("model", "n"), ("version", "1")))] == 0
+    assert values[("cxr_promotion_decisions", (("decision", "promoted"), ("model", "n")))] == 0
+    assert values[("cxr_promotion_decisions", (("decision", "kept"), ("model", "n")))] == 0
 
 
 def test_a_failing_database_is_a_source_down_and_an_unhealthy_probe(settings):

@@ -225,3 +225,26 @@ def test_train_segmenter_end_to_end_on_synthetic_masks(settings, tmp_path):
     assert manifest.architecture == "lung_unet" and manifest.segmentation is not None
     assert manifest.segmentation.dice == result.dice["test"]
     assert LungSegmenter.load(open_model_store(settings), "lungs@1").contract.height == 32
+
+
+def test_every_mask_problem_has_a_reason_code_and_the_worker_counts_them():
+    """Each refusal message maps to a stable code (a metric label), and the worker's counter grows
+    by what one chunk added."""
+    from cxr.core.imaging.lungs import fallback_reason
+    from modelstore import ResolvedModel
+    from worker import metrics
+
+    empty = np.zeros((96, 96), bool)
+    one = empty.copy()
+    one[20:70, 10:40] = True
+    assert fallback_reason(mask_problem(empty)) == "area"
+    assert fallback_reason(mask_problem(one)) == "one_component"
+    assert fallback_reason(None) == "used"
+    assert fallback_reason("something new") == "other"
+
+    model = ResolvedModel("lungcount", 3, "0" * 64)
+    metrics.count_lung_masks(model, {"used": 5, "area": 1}, {"used": 9, "area": 1, "centroid": 2})
+    sample = metrics.LUNG_MASKS.labels("lungcount", "3", "used")._value.get()
+    assert sample == 4
+    assert metrics.LUNG_MASKS.labels("lungcount", "3", "centroid")._value.get() == 2
+    assert metrics.LUNG_MASKS.labels("lungcount", "3", "area")._value.get() == 0

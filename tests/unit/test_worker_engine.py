@@ -146,7 +146,8 @@ def test_a_chunk_given_up_is_counted_in_the_failure_metric(settings, model, tmp_
     from worker.results import give_up_chunk
 
     def failed(stage: str) -> float:
-        labels = {"model": "tiny", "version": str(model["version"]), "label": stage, "outcome": "failed"}
+        labels = {"model": "tiny", "version": str(model["version"]), "outcome": "failed"}
+        labels |= {"class": "", "stage": stage}
         return REGISTRY.get_sample_value("cxr_images_scored_total", labels) or 0.0
 
     uris = write_images(tmp_path / "images", [support.synthetic_png(s) for s in range(3)])

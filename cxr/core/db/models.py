@@ -229,8 +229,13 @@ class Image(Base):
     format: Mapped[str] = mapped_column(String(16))
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
+    #: Salted HMACs of DICOM identifiers (``cxr.core.privacy``), never the values: the patient,
+    #: and the join keys back to the site's RIS/PACS (study, series, instance, accession number).
     patient_id_hash: Mapped[str | None] = mapped_column(String(64), index=True)
-    study_uid_hash: Mapped[str | None] = mapped_column(String(64))
+    study_uid_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    series_uid_hash: Mapped[str | None] = mapped_column(String(64))
+    sop_uid_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    accession_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

@@ -48,12 +48,20 @@ def is_dicom(data: bytes) -> bool:
 
 
 def decode_image(
-    data: bytes, *, max_bytes: int, max_pixels: int, hasher: Callable[[str], str] | None = None
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_pixels: int,
+    hasher: Callable[[str], str] | None = None,
+    dicom_policy: Any = None,
 ) -> DecodedImage:
     """Decode PNG/JPEG/TIFF/WebP/BMP (through Pillow) or DICOM (through pydicom).
 
     ``hasher`` turns DICOM identifiers (patient id, UIDs) into salted hashes for the metadata;
-    without one they are dropped. Whatever the bytes, the result is valid pixels or an
+    without one they are dropped. ``dicom_policy`` (a ``DicomPolicy``; default: its defaults)
+    says which DICOM objects are scored; others raise ``ImageSkipped``.
+
+    Whatever the bytes, the result is valid pixels or an
     ``ImageError``: each stage turns its decoder's exceptions into a reason that names it, and a
     last net here catches what a third-party decoder raises that no stage foresaw, so one bad file
     can never take a worker down with it.
@@ -66,7 +74,7 @@ def decode_image(
         if is_dicom(data):
             from cxr.core.imaging.dicom import decode_dicom  # pydicom only when needed
 
-            decoded = decode_dicom(data, max_pixels=max_pixels, hasher=hasher)
+            decoded = decode_dicom(data, max_pixels=max_pixels, hasher=hasher, policy=dicom_policy)
         else:
             decoded = _decode_with_pillow(data, max_pixels=max_pixels)
     except ImageError:

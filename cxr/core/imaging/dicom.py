@@ -33,8 +33,11 @@ from cxr.core.imaging.decode import (
     _min_max,
     describe,
 )
+from cxr.core.imaging.dicom_policy import DicomPolicy, ImageSkipped
+from cxr.core.privacy import DICOM_HASHED_COLUMNS
 
-FRONTAL_VIEWS = frozenset({"PA", "AP"})
+__all__ = ["DicomPolicy", "ImageSkipped", "decode_dicom"]
+
 _BITS_ALLOCATED = frozenset({1, 8, 16, 32, 64})
 
 #: What pydicom raises on malformed input: its parsers unpack with ``struct``, inflate deflated
@@ -56,10 +59,6 @@ _PYDICOM_ERRORS = (
     struct.error,
     zlib.error,
 )
-
-
-class ImageSkipped(ImageError):
-    """A readable image this system deliberately does not score (e.g. a lateral view)."""
 
 
 @dataclass(frozen=True)
@@ -85,8 +84,10 @@ def decode_dicom(
     *,
     max_pixels: int,
     hasher: Callable[[str], str] | None = None,
-    allowed_views: frozenset[str] | None = FRONTAL_VIEWS,
+    policy: DicomPolicy | None = None,
 ) -> DecodedImage:
+    """``policy`` (default: ``DicomPolicy()``) decides from the header whether the object is
+    scored at all; anything outside it raises ``ImageSkipped`` before the pixels are read."""
     import pydicom
 
     try:
@@ -96,12 +97,12 @@ def decode_dicom(
     try:
         has_pixels = "PixelData" in ds
         view = str(ds.get("ViewPosition", "") or "").strip().upper()
+        if has_pixels or "Modality" in ds:  # an object (a CT slice, an SR) is skipped as what it is
+            (policy or DicomPolicy()).check(ds)
     except _PYDICOM_ERRORS as exc:
         raise ImageError(f"corrupt DICOM header: {describe(exc)}") from exc
     if not has_pixels:
         raise ImageError("DICOM file has no pixel data")
-    if allowed_views is not None and view and view not in allowed_views:
-        raise ImageSkipped(f"DICOM view position {view!r} is not frontal ({'/'.join(sorted(allowed_views))})")
     header = _read_header(ds)
     _check_header(header, ds, max_pixels)
     stored = _pixel_array(ds, header)
@@ -276,11 +277,7 @@ def _first_float(value: Any) -> float:
 
 
 def _safe_metadata(ds: Any, view: str, hasher: Callable[[str], str] | None) -> dict[str, Any]:
-    tags = {
-        "PatientID": "patient_id_hash",
-        "StudyInstanceUID": "study_uid_hash",
-        "SOPInstanceUID": "sop_uid_hash",
-    }
+    tags = DICOM_HASHED_COLUMNS
     try:
         modality = str(ds.get("Modality", "") or "")
         values = {key: str(ds.get(tag, "") or "").strip() for tag, key in tags.items()} if hasher else {}

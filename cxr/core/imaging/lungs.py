@@ -57,8 +57,26 @@ _fallbacks: Counter[str] = Counter()
 _lock = threading.Lock()
 
 
+#: ``mask_problem``'s message → the reason code a fallback is counted under (a metric label).
+FALLBACK_REASONS = {
+    "area": "area",
+    "one component": "one_component",
+    "not two main": "not_two_lungs",
+    "centroid": "centroid",
+    "both components": "one_side",
+}
+
+
+def fallback_reason(problem: str | None) -> str:
+    """The reason code of a refused mask ("used" when it was not refused)."""
+    if problem is None:
+        return "used"
+    return next((code for start, code in FALLBACK_REASONS.items() if problem.startswith(start)), "other")
+
+
 def fallback_counts() -> dict[str, int]:
-    """Fallbacks to the whole image in this process so far, by reason (and 'used')."""
+    """Lung masks handled in this process so far: "used", or the fallback's reason code
+    (``FALLBACK_REASONS``). The worker exports the growth per chunk as ``cxr_lung_masks_total``."""
     with _lock:
         return dict(_fallbacks)
 
@@ -115,7 +133,7 @@ def lung_region(pixels: np.ndarray, masker: LungMasker, margin: float, where: st
     mask = np.asarray(masker.lung_mask(pixels), dtype=bool)
     problem = mask_problem(mask)
     with _lock:
-        _fallbacks[problem.split(" ", 1)[0] if problem else "used"] += 1
+        _fallbacks[fallback_reason(problem)] += 1
     if problem is not None:
         log.warning(
             "lung mask refused%s (%s): using the whole image", f" for {where}" if where else "", problem

@@ -49,6 +49,11 @@ def split_uri(uri: str, settings: Settings | None = None) -> tuple[ObjectStore, 
 
 
 def read_uri(uri: str, settings: Settings | None = None) -> bytes:
-    """The bytes of the object named by a full ``s3://`` or ``file://`` URI."""
+    """The bytes of the object named by a full ``s3://`` or ``file://`` URI, or of a DICOMweb
+    instance named by the walk of a ``dicomweb://`` source."""
+    from cxr.core.dicomweb import fetch_instance, is_dicomweb
+
+    if is_dicomweb(uri):
+        return fetch_instance(uri, settings or get_settings())
     store, key = split_uri(uri, settings)
     return store.get(key)

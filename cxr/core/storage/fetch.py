@@ -12,12 +12,13 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from cxr.core.dicomweb import fetch_instance, is_dicomweb
 from cxr.core.settings import Settings
 from cxr.core.storage import LocalStore, ObjectStore, open_store, parse_uri, validate_key
 
 
 class ObjectFetcher:
-    """``fetch(uri) -> bytes`` for ``s3://bucket/key`` and ``file:///path`` URIs."""
+    """``fetch(uri) -> bytes`` for ``s3://bucket/key``, ``file:///path`` and DICOMweb instance URIs."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -31,6 +32,8 @@ class ObjectFetcher:
             return self._buckets[bucket]
 
     def fetch(self, uri: str) -> bytes:
+        if is_dicomweb(uri):  # an instance in a PACS: WADO-RS (cxr.core.dicomweb)
+            return fetch_instance(uri, self.settings)
         parsed = parse_uri(uri)
         if parsed.scheme == "file":
             path = Path(parsed.path)
