@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cxr.core import progress
 from cxr.core.errors import ManifestError
 from cxr.core.imaging import InputContract, preprocess
 from cxr.core.imaging.preprocess import finish, preprocess_gray_region
@@ -241,7 +242,7 @@ class ModelRuntime:
         normalization) exactly as ``preprocess`` would, then scored."""
         parts = [
             self.predict_proba(finish(gray[i : i + batch_size], self.contract))
-            for i in range(0, len(gray), batch_size)
+            for i in progress.batches(len(gray), batch_size, "scoring")
         ]
         return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)))
 
@@ -264,7 +265,7 @@ class ModelRuntime:
         """``features`` for cached gray inputs (see ``predict_gray``)."""
         parts = [
             self.features(finish(gray[i : i + batch_size], self.contract))
-            for i in range(0, len(gray), batch_size)
+            for i in progress.batches(len(gray), batch_size, "features")
         ]
         return np.concatenate(parts)
 
@@ -283,7 +284,7 @@ class ModelRuntime:
         """``score`` for cached gray inputs (see ``predict_gray``), over any number of them."""
         parts = [
             self.score(finish(gray[i : i + batch_size], self.contract))
-            for i in range(0, len(gray), batch_size)
+            for i in progress.batches(len(gray), batch_size, "scoring")
         ]
         if not parts:
             return Scores(np.zeros((0, len(self.classes))))

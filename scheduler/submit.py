@@ -14,7 +14,9 @@ cannot find.
 A source that changed or grew after its job's walk was closed is refused: its job would
 otherwise finish with counts that disagree with its total. An unfinished job for the same source
 pinned to another version of the model (the alias moved after a crash) is reported rather than
-silently left pending. A cancel stops the submission loop at the next chunk.
+silently left pending. A cancel stops the submission loop at the next chunk. An error while a
+new job's chunks are sent marks that job failed with the reason (nothing is left pending); a
+killed scheduler's job stays pending and is resumed.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ from typing import Literal
 
 from sqlalchemy import select, update
 
-from cxr.core.db.jobs import FINAL_CHUNK, add_to_counters, finish_if_complete, job_identity
+from cxr.core.db.jobs import FINAL_CHUNK, add_to_counters, finish_if_complete, finished_in, job_identity
 from cxr.core.db.models import Chunk, ChunkStatus, Failure, Job, JobImage, JobStatus, new_id, utcnow
 from cxr.core.db.session import insert_ignoring_conflicts, insert_returning, session_scope
 from cxr.core.errors import PermanentError
+from cxr.core.outcomes import one_line
 from cxr.core.settings import Settings
 from modelstore import ResolvedModel, open_model_store, parse_ref
 from scheduler.sources import WalkItem, normalise_source, walk
-from worker.app import check_broker, send_classify_chunk
+from worker.app import check_broker, send_classify_chunk, send_job_report
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +143,44 @@ def submit(
         options = {"explain": explain, "explain_method": explain_method, "chunk_size": chunk_size}
         job_id, created = create_job(settings, source, model, options)
         resumed = not created
+    try:
+        return _walk_and_send(settings, job_id, source, model, chunk_size, resumed, on_progress)
+    except JobCancelled:
+        raise
+    except Exception as exc:  # an error; a kill (KeyboardInterrupt, SIGKILL) leaves it resumable
+        if not resumed:  # this call's own job: never left pending by a submission that broke off
+            fail_job(settings, job_id, f"submission failed: {one_line(exc)}")
+        raise
+
+
+def fail_job(settings: Settings, job_id: str, reason: str) -> None:
+    """Mark an unfinished job failed with ``reason`` (workers then discard its remaining chunks,
+    as for a cancel). Best effort: the error that got us here is the one to report."""
+    try:
+        with session_scope(settings) as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status.in_(_UNFINISHED))
+                .values(
+                    status=JobStatus.FAILED, error=reason[:2000], finished_at=utcnow(), updated_at=utcnow(),
+                    active_identity=None,
+                )
+            )  # fmt: skip
+        log.error("job %s failed: %s", job_id, reason)
+    except Exception as exc:  # the database itself may be what failed
+        log.error("job %s could not be marked failed (%s): %s", job_id, one_line(exc), reason)
+
+
+def _walk_and_send(
+    settings: Settings,
+    job_id: str,
+    source: str,
+    model: ResolvedModel,
+    chunk_size: int,
+    resumed: bool,
+    on_progress: ProgressCallback | None,
+) -> Submitted:
+    """Walk the source, record and send its chunks, close the walk."""
     if resumed:
         log.info("resuming job %s (%s with %s)", job_id, source, model.ref)
         chunk_size = _stored_chunk_size(settings, job_id, chunk_size)
@@ -245,21 +286,35 @@ def _record_walk_problems(settings: Settings, job_id: str, seq: int, items: list
             [{"job_id": job_id, "uri": i.uri, "outcome": "failed", "chunk_seq": seq} for i in items],
         )
         add_to_counters(session, job_id, failed=failed)
+        finished = job_id in finished_in(session)
+    if finished:  # every image of the last chunk failed in the walk
+        send_job_report(settings, job_id)
 
 
 def _close_walk(settings: Settings, job_id: str, total: int) -> None:
-    """The walk is complete: the total is known, and the job may already be finished."""
+    """The walk is complete: the total is known, and the job may already be finished (always,
+    without a broker): then its report is asked for here."""
     with session_scope(settings) as session:
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.PENDING)
             .values(status=JobStatus.RUNNING, total=total, updated_at=utcnow())
         )
-        finish_if_complete(session, job_id)
+        finished = finish_if_complete(session, job_id)
+    if finished:
+        send_job_report(settings, job_id)
 
 
 def cancel(settings: Settings, job_id: str) -> bool:
-    """Stop a job: workers skip its remaining chunks. True if it was still running."""
+    """Stop a job: workers skip its remaining chunks, and its report is written as it stands
+    (a cancelled job is frozen at its cancel). True if it was still running."""
+    cancelled = _cancel(settings, job_id)
+    if cancelled:
+        send_job_report(settings, job_id)
+    return cancelled
+
+
+def _cancel(settings: Settings, job_id: str) -> bool:
     with session_scope(settings) as session:
         result = session.execute(
             update(Job)

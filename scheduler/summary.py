@@ -60,22 +60,49 @@ def get_job(settings: Settings, job_id: str) -> Job:
         return job
 
 
+@dataclass(frozen=True)
+class Explained:
+    """What a job's explanation of one image says: the class explained, its shortcut score (None
+    for an empty heatmap) and the overlay's URI."""
+
+    label: str | None
+    shortcut_score: float | None
+    overlay_uri: str
+
+
+def explanations(settings: Settings, job: Job, sha256s: Sequence[str] | None = None) -> dict[str, Explained]:
+    """The job's explained images (all, or those of ``sha256s``) for the job's model version,
+    by image sha256: one query, read by the CSV, the report's gallery and the shortcut summary."""
+    statement = (
+        select(Artifact.image_sha256, Artifact.uri, Artifact.params)
+        .join(JobImage, JobImage.image_sha256 == Artifact.image_sha256)
+        .where(JobImage.job_id == job.id, Artifact.kind == "overlay")
+    )
+    if sha256s is not None:
+        statement = statement.where(Artifact.image_sha256.in_(list(sha256s)))
+    with session_scope(settings) as session:
+        rows = session.execute(statement).all()
+    out: dict[str, Explained] = {}
+    for sha256, uri, params in rows:
+        params = params or {}
+        if params.get("model") != job.model_name or params.get("model_version") != job.model_version:
+            continue
+        score = params.get("shortcut_score")
+        label = params.get("label")
+        out.setdefault(
+            sha256,
+            Explained(
+                label if isinstance(label, str) else None,
+                float(score) if isinstance(score, int | float) else None,
+                uri,
+            ),
+        )
+    return out
+
+
 def shortcut_scores(settings: Settings, job: Job) -> list[float]:
     """Shortcut scores of the job's explained images, for the job's model version."""
-    with session_scope(settings) as session:
-        rows = session.execute(
-            select(Artifact.image_sha256, Artifact.params)
-            .join(JobImage, JobImage.image_sha256 == Artifact.image_sha256)
-            .where(JobImage.job_id == job.id, Artifact.kind == "overlay")
-        ).all()
-    scores: dict[str, float] = {}
-    for sha256, params in rows:
-        same_model = (
-            params.get("model") == job.model_name and params.get("model_version") == job.model_version
-        )
-        if same_model and isinstance(params.get("shortcut_score"), int | float):
-            scores.setdefault(sha256, float(params["shortcut_score"]))
-    return list(scores.values())
+    return [e.shortcut_score for e in explanations(settings, job).values() if e.shortcut_score is not None]
 
 
 def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> dict[str, Any]:
@@ -143,6 +170,8 @@ def job_summary(settings: Settings, job_id: str, failure_limit: int = 1000) -> d
         "shortcut": summarize_shortcut_scores(shortcut_scores(settings, job)).to_dict(),
         "shift": _shift(settings, job, shift_rows),
         "report": job.report_uri,
+        "csv": job.csv_uri,
+        "error": job.error,
         "created_at": start.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
     }

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from cxr.core import progress
 from cxr.core.errors import ConfigurationError, ImageError, ObjectNotFound
 from cxr.core.imaging import InputContract, decode_image
 from cxr.core.imaging.formats import is_image_name
@@ -270,7 +271,8 @@ def load_dataset(
     # No model runs while a set loads: every core may decode.
     threads = settings.decode_threads_for(model_on_cpu=False, cores=_cores())
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        results = list(pool.map(lambda pair: _load_one(store, pair[0], contract, settings, lungs), mapped))
+        loading = pool.map(lambda pair: _load_one(store, pair[0], contract, settings, lungs), mapped)
+        results = list(progress.track(loading, len(mapped), "loading films"))
 
     seen: set[str] = set()
     images, labels, patients, hashes, raw, meta, sources = [], [], [], [], [], [], []

@@ -18,9 +18,11 @@ import logging
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from cxr.core import progress
 from cxr.core.errors import ConfigurationError
 from cxr.core.imaging import InputContract
 from training_jobs.architectures import BuiltModel, Head
@@ -104,7 +106,16 @@ def pooled_features(
     outputs = [built.model.get_layer(head.features_layer).output for head in built.heads]
     extractor = keras.Model(built.model.inputs, outputs)
     batches = make_dataset(images, None, contract, output=built.output, batch_size=batch_size)
-    features = extractor.predict(batches, verbose=0)
+    n = len(images)
+
+    class Advance(keras.callbacks.Callback):
+        """Moves the progress bar (``cxr.core.progress``) batch by batch."""
+
+        def on_predict_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+            advance(max(0, min(batch_size, n - batch * batch_size)))
+
+    with progress.step("features of the frozen base", n) as advance:
+        features = extractor.predict(batches, verbose=0, callbacks=[Advance()])
     return [np.asarray(f, dtype=np.float32) for f in (features if len(outputs) > 1 else [features])]
 
 

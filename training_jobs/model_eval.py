@@ -22,10 +22,12 @@ import numpy as np
 
 from cxr.core.db.models import new_id
 from cxr.core.settings import Settings
+from cxr.core.storage import open_store
 from training_jobs import records
 from training_jobs.assess import assess, manifest_values
 from training_jobs.by_source import per_source_metrics
 from training_jobs.datasets import load_dataset
+from training_jobs.report import write_html
 from training_jobs.site_validation import reference_record, site_verdict
 
 log = logging.getLogger(__name__)
@@ -78,13 +80,15 @@ def evaluate_model(
         "data fingerprint": data.fingerprint,
         "images": len(data),
     }
+    prefix = f"reports/evaluation/{manifest.name}-{manifest.version}-{new_id()}"
+    title = f"{manifest.ref} on {source}"
     result = assess(
         runtime,
         data.images,
         data.labels,
         settings=settings,
-        report_prefix=f"reports/evaluation/{manifest.name}-{manifest.version}-{new_id()}",
-        title=f"{manifest.ref} on {source}",
+        report_prefix=prefix,
+        title=title,
         context=context,
         seed=seed,
         n_resamples=bootstrap_resamples,
@@ -101,6 +105,8 @@ def evaluate_model(
             seed=seed,
         )
     result.metrics["site_verdict"] = site_verdict(result.metrics, reference_record(manifest.metrics))
+    # The page again, now with the per-source figures and the verdict.
+    write_html(open_store(settings=settings), prefix, title=title, metrics=result.metrics, context=context)
     values = manifest_values(result.metrics) | {"data_fingerprint": data.fingerprint}
     if fitted:
         values["fitted_on_these_films"] = True

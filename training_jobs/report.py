@@ -1,13 +1,16 @@
-"""Evaluation reports: plots (matplotlib, Agg), Markdown and JSON, written to object storage.
+"""Evaluation reports: plots (matplotlib, Agg), Markdown, JSON and a self-contained HTML page
+(Jinja2, autoescaped, the plots embedded), written to object storage.
 
-Layout: ``reports/<kind>/<id>/{report.json, report.md, confusion_matrix.png, roc_curves.png,
-reliability.png[, training_curves.png]}``. The figures are rendered from the metrics dictionary
-of ``training_jobs.evaluation`` plus the raw (y_true, probs) for the ROC curves, so a report
-always shows the numbers it was computed from.
+Layout: ``reports/<kind>/<id>/{report.json, report.md, report.html, confusion_matrix.png,
+roc_curves.png, reliability.png[, training_curves.png, penalty_path.png]}``. The figures are
+rendered from the metrics dictionary of ``training_jobs.evaluation`` plus the raw (y_true, probs)
+for the ROC curves, so a report always shows the numbers it was computed from.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
 import io
 import json
 import logging
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cxr import INTENDED_USE
+from cxr.core.errors import ObjectNotFound
 from cxr.core.storage import ObjectStore
 from training_jobs.evaluation import HEADLINE
 
@@ -209,5 +213,89 @@ def write_report(
         json.dumps(body, indent=2, default=str).encode(),
         content_type="application/json",
     )
+    write_html(store, prefix, title=title, metrics=metrics, context=context, images=files)
     log.info("report written to %s", uri)
     return uri
+
+
+#: The plots an HTML report embeds, in reading order, where they exist.
+FIGURES = (
+    "training_curves.png", "penalty_path.png", "confusion_matrix.png", "roc_curves.png", "reliability.png",
+)  # fmt: skip
+
+
+@functools.cache
+def _templates() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("training_jobs", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["count"] = lambda n: f"{int(n):,}".replace(",", "\u202f")
+    env.filters["fixed"] = lambda x, digits=3: "n/a" if x is None else f"{float(x):.{digits}f}"
+    return env
+
+
+def _figures(values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    intervals = values.get("ci95") or {}
+    return [
+        {"name": key.replace("_", " "), "value": values.get(key), "ci": intervals.get(key)}
+        for key in HEADLINE
+        if key in values
+    ]
+
+
+def html_page(
+    title: str, metrics: Mapping[str, Any], context: Mapping[str, Any], images: Mapping[str, bytes]
+) -> str:
+    """The report as one HTML page: context, headline figures with CIs, per class, confusion
+    matrix, per source (when measured), and the plots."""
+    classes = list(metrics["classes"])
+    per_source = metrics.get("per_source") or {}
+    verdict = metrics.get("site_verdict")
+    return _templates().get_template("evaluation_report.html").render(
+        title=title, intended_use=INTENDED_USE,
+        context=[(key, value) for key, value in context.items()],
+        n=metrics["n"], n_per_class=metrics.get("n_per_class") or {},
+        headline=_figures(metrics), ece=metrics.get("ece"),
+        per_class=metrics["per_class"], classes=classes,
+        confusion=list(zip(classes, metrics["confusion_matrix"], strict=True)),
+        headline_names=[key.replace("_", " ") for key in HEADLINE],
+        per_source=[
+            {"source": name, "n": row["n"],
+             "figures": [{"value": row.get(k), "ci": (row.get("ci95") or {}).get(k)} for k in HEADLINE]}
+            for name, row in per_source.items()
+        ],
+        verdict=verdict.get("text") if isinstance(verdict, Mapping) else None,
+        images=[
+            (name, "data:image/png;base64," + base64.b64encode(images[name]).decode("ascii"))
+            for name in FIGURES if name in images
+        ],
+    )  # fmt: skip
+
+
+def write_html(
+    store: ObjectStore,
+    prefix: str,
+    *,
+    title: str,
+    metrics: Mapping[str, Any],
+    context: Mapping[str, Any],
+    images: Mapping[str, bytes] | None = None,
+) -> str:
+    """Write ``report.html`` beside the Markdown; the plots are read back from ``prefix`` unless
+    given. Called again by callers that add figures after the report (per source, the site
+    verdict), so the page shows every figure the JSON holds."""
+    if images is None:
+        images = {}
+        for name in FIGURES:
+            try:
+                images[name] = store.get(f"{prefix}/{name}")
+            except ObjectNotFound:
+                continue
+    page = html_page(title, metrics, context, images)
+    return store.put(f"{prefix}/report.html", page.encode("utf-8"), content_type="text/html")

@@ -43,7 +43,7 @@ from training_jobs.deshortcut import Deshortcut, augment_split
 from training_jobs.linear_probe import fit_linear_heads
 from training_jobs.operating_points import DEFAULT_TARGETS, choose_operating_points
 from training_jobs.pipeline import Augmentation, class_weights, make_dataset
-from training_jobs.report import penalty_path_png, training_curves_png
+from training_jobs.report import penalty_path_png, training_curves_png, write_html
 from training_jobs.splits import DEFAULT_FRACTIONS, Split, split_holding_out_sources
 
 log = logging.getLogger(__name__)
@@ -319,6 +319,7 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         "images per class and source": summary["per_class_and_source"] or "no source column",
     }
     prefix = f"reports/training/{run_id}"
+    test_title = f"{config.name}: {config.arch} on the test split"
     scorer, shift_file = _calibrated_runtime(
         built,
         config,
@@ -335,7 +336,7 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         y_test,
         settings=settings,
         report_prefix=prefix,
-        title=f"{config.name}: {config.arch} on the test split",
+        title=test_title,
         context=context,
         seed=config.seed,
         n_resamples=config.bootstrap_resamples,
@@ -349,6 +350,7 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
     )
     store = open_store(settings=settings)
     store.put(f"{prefix}/per_source.json", json.dumps(metrics["per_source"], indent=2).encode())
+    write_html(store, prefix, title=test_title, metrics=metrics, context=context)  # now with per source
     dataset_label = f"{config.data} test split (by patient, seed {config.seed}{held_out})"
     evaluations = [(dataset_label, metrics, result.report_uri)]
     holdout = None
@@ -391,6 +393,8 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
             training_run_id=run_id,
         )
     run_metrics = manifest_values(metrics)
+    # What the model was developed on (all splits), for model cards: images per class and source.
+    run_metrics["training_data"] = summary
     if holdout is not None:
         run_metrics["leave_source_out"] = manifest_values(holdout[1]) | {"dataset": holdout[0]}
     records.update_run(
@@ -450,14 +454,16 @@ def _assess_holdout(
     index = split.holdout
     labels = data.labels[index]
     held_out = ", ".join(split.holdout_sources)
+    title = f"{config.name}: {config.arch} on held-out sources {held_out}"
+    context = context | {"evaluated on": f"leave-source-out: {held_out}"}
     result = assess(
         scorer,
         data.images[index],
         labels,
         settings=settings,
         report_prefix=f"{prefix}/leave-source-out",
-        title=f"{config.name}: {config.arch} on held-out sources {held_out}",
-        context=context | {"evaluated on": f"leave-source-out: {held_out}"},
+        title=title,
+        context=context,
         seed=config.seed,
         n_resamples=config.bootstrap_resamples,
         batch_size=config.batch_size,
@@ -472,6 +478,8 @@ def _assess_holdout(
         n_resamples=config.bootstrap_resamples,
         seed=config.seed,
     )
+    write_html(open_store(settings=settings), f"{prefix}/leave-source-out", title=title, metrics=metrics,
+               context=context)  # fmt: skip
     label = holdout_label(config.data, split.holdout_sources)
     log.info(
         "%s: COVID AUC %s, macro-F1 %s over %s (n=%d)",

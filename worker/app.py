@@ -21,11 +21,17 @@ from cxr.core.settings import Settings, get_settings
 CLASSIFY_CHUNK = "cxr.classify_chunk"
 EXPLAIN_CHUNK = "cxr.explain_chunk"
 RETRAIN = "cxr.retrain"
+REPORT_JOB = "cxr.report_job"
 
 #: gpu: classification and explanation (one worker process per GPU); train: training runs;
 #: default: everything light (bookkeeping, reports).
 QUEUES = ("gpu", "train", "default")
-ROUTES = {CLASSIFY_CHUNK: {"queue": "gpu"}, EXPLAIN_CHUNK: {"queue": "gpu"}, RETRAIN: {"queue": "train"}}
+ROUTES = {
+    CLASSIFY_CHUNK: {"queue": "gpu"},
+    EXPLAIN_CHUNK: {"queue": "gpu"},
+    RETRAIN: {"queue": "train"},
+    REPORT_JOB: {"queue": "default"},
+}
 
 
 def beat_schedule(settings: Settings) -> dict[str, Any]:
@@ -102,6 +108,34 @@ def send_classify_chunk(
         CLASSIFY_CHUNK,
         kwargs={"job_id": job_id, "model": model, "uris": uris, "chunk_seq": chunk_seq},
     )
+
+
+def send_job_report(settings: Settings, job_id: str) -> None:
+    """A job has just finished: have its CSV and HTML report written and their URIs recorded on
+    it. Through the broker (queue ``default``), or right here with no broker. A report that
+    cannot be written is logged, never raised: the job's results stand without it, and
+    ``cxr jobs report ID`` writes it later."""
+    if settings.in_process:
+        import logging
+
+        from cxr.core.outcomes import one_line
+
+        try:
+            from scheduler.report import write_report
+
+            write_report(settings, job_id)
+        except Exception as exc:
+            logging.getLogger(__name__).error("job %s: report not written: %s", job_id, one_line(exc))
+        return
+    try:
+        app.send_task(REPORT_JOB, kwargs={"job_id": job_id})
+    except Exception as exc:  # the broker went away between the chunk and now
+        import logging
+
+        logging.getLogger(__name__).error(
+            "job %s: report task not sent (%s); write it with `cxr jobs report %s`",
+            job_id, " ".join(str(exc).split()), job_id,
+        )  # fmt: skip
 
 
 def check_broker(settings: Settings, timeout_s: float = 5.0) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cxr.core.db.jobs import add_to_counters
+from cxr.core.db.jobs import add_to_counters, finished_in
 from cxr.core.db.models import (
     CLASSIFICATION,
     Chunk,
@@ -39,6 +39,7 @@ from cxr.core.privacy import DICOM_HASHED_COLUMNS
 from cxr.core.settings import Settings
 from modelstore import ResolvedModel
 from worker import metrics
+from worker.app import send_job_report
 from worker.engine import ChunkOutcome, ImageFailure, SkippedImage
 from worker.explaining import ExplainedImage, record_artifacts
 
@@ -56,6 +57,8 @@ class WriteSummary:
     skipped: int = 0
     #: What was really committed: scored images another writer had scored first moved to skipped.
     outcome: ChunkOutcome | None = None
+    #: This chunk's transaction finished the job (its report has been asked for).
+    finished_job: bool = False
 
 
 def scored_hashes(settings: Settings, spec: ResolvedModel, sha256s: Sequence[str]) -> set[str]:
@@ -175,7 +178,12 @@ def write_chunk(
             session.rollback()  # cancelled meanwhile: the job stays as it was at cancel time
             log.info("job %s ended before chunk %d was written; results discarded", job_id, chunk_seq)
             return WriteSummary(0, 0, already_done=True)
-        return WriteSummary(len(outcome.scored), failed, skipped=len(outcome.skipped), outcome=outcome)
+        finished = job_id in finished_in(session)
+    if finished:
+        send_job_report(settings, job_id)  # after the commit: the report reads what it wrote
+    return WriteSummary(
+        len(outcome.scored), failed, skipped=len(outcome.skipped), outcome=outcome, finished_job=finished
+    )
 
 
 def _count_by_content(outcome: ChunkOutcome, first: set[str]) -> ChunkOutcome:
@@ -229,6 +237,9 @@ def give_up_chunk(
         if not add_to_counters(session, job_id, failed=failed):
             session.rollback()  # cancelled meanwhile: nothing recorded after the cancel
             return WriteSummary(0, 0, already_done=True)
+        finished = job_id in finished_in(session)
+    if finished:
+        send_job_report(settings, job_id)
     metrics.count_images(spec, Outcome.FAILED, stage, failed)
     log.warning("gave up chunk %s/%d (%d images): %s", job_id, chunk_seq, len(uris), reason)
-    return WriteSummary(0, failed)
+    return WriteSummary(0, failed, finished_job=finished)

@@ -16,7 +16,7 @@ from cxr.core.errors import StorageUnavailable, TransientError
 from cxr.core.outcomes import FailureStage, one_line
 from cxr.core.settings import Settings, get_settings
 from modelstore import ResolvedModel
-from worker.app import CLASSIFY_CHUNK, EXPLAIN_CHUNK, RETRAIN, app
+from worker.app import CLASSIFY_CHUNK, EXPLAIN_CHUNK, REPORT_JOB, RETRAIN, app
 from worker.chunk import run_classify_chunk, run_explain_chunk
 from worker.results import give_up_chunk
 
@@ -90,6 +90,24 @@ def explain_chunk(
             raise
         raise self.retry(exc=exc, countdown=retry_delay(retries, settings)) from exc
     return {"explained": explained, "images": len(uris)}
+
+
+@app.task(name=REPORT_JOB, bind=True, max_retries=None)
+def report_job(self: Task, job_id: str) -> dict:
+    """A finished job's paperwork (queue ``default``): the per-image CSV and the HTML report to
+    object storage, their URIs on the job. Idempotent: a redelivery rewrites the same objects."""
+    from scheduler.report import write_report
+
+    settings = get_settings()
+    retries = int(self.request.retries or 0)
+    try:
+        files = write_report(settings, job_id)
+    except Exception as exc:
+        if not is_transient(exc) or retries >= settings.task_max_retries:
+            log.error("job %s: report not written: %s", job_id, one_line(exc))
+            raise
+        raise self.retry(exc=exc, countdown=retry_delay(retries, settings)) from exc
+    return {"job_id": job_id, "html": files["html"], "csv": files["csv"]}
 
 
 @app.task(name=RETRAIN, acks_late=False)

@@ -49,20 +49,22 @@ def adapt(
     cross-validated figures, never the ones on the films the heads were fitted on.
     Research use only. Not for clinical decisions.
     """
+    from scheduler.progress import progress_display
     from training_jobs.adapt_job import adapt_model
 
     if aliases and not publish:
         raise click.UsageError("--alias needs --publish")
-    outcome = adapt_model(
-        ref,
-        data,
-        name,
-        ready_settings(),
-        mix=mix,
-        publish=publish,
-        aliases=aliases,
-        seed=seed,  # type: ignore[arg-type]
-    )
+    with progress_display(quiet=as_json):
+        outcome = adapt_model(
+            ref,
+            data,
+            name,
+            ready_settings(),
+            mix=mix,
+            publish=publish,
+            aliases=aliases,
+            seed=seed,  # type: ignore[arg-type]
+        )
     r = outcome.result
     keys = ("accuracy", "macro_f1", "macro_auc", "covid_sensitivity", "covid_specificity", "covid_auc")
     cross_validated = {

@@ -1,8 +1,10 @@
-"""``cxr jobs``: list, inspect and cancel scoring jobs; export their results as DICOM SR."""
+"""``cxr jobs``: list, inspect, follow, report on and cancel scoring jobs; export their results as
+DICOM SR."""
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 from rich import box
@@ -14,7 +16,7 @@ from cxr.cli.common import emit_json, handle_errors, json_option, ready_settings
 
 @click.group()
 def jobs() -> None:
-    """List, show and cancel scoring jobs."""
+    """List, show, wait for, report on, export and cancel scoring jobs."""
 
 
 @jobs.command("list")
@@ -75,6 +77,61 @@ def show(job_id: str, as_json: bool) -> None:
         emit_json(summary)
     else:
         print_summary(summary)
+
+
+@jobs.command()
+@click.argument("job_id")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write a copy of the HTML report here.")  # fmt: skip
+@click.option("--rebuild", is_flag=True, help="Write it again from SQL even if one is stored.")
+@json_option
+@handle_errors
+def report(job_id: str, out: Path | None, rebuild: bool, as_json: bool) -> None:
+    """The job's HTML report and per-image CSV in object storage (written now if missing)."""
+    from scheduler.report import ensure_report
+
+    files = ensure_report(ready_settings(), job_id, out, rebuild=rebuild)
+    if as_json:
+        emit_json({"job_id": job_id, **files})
+        return
+    click.echo(f"report: {files['html']}")
+    click.echo(f"per-image CSV: {files['csv']}")
+    if out is not None:
+        click.echo(f"copy: {out}")
+
+
+@jobs.command()
+@click.argument("job_id")
+@click.option("--csv", "csv_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the per-image CSV.")  # fmt: skip
+@json_option
+@handle_errors
+def export(job_id: str, csv_path: Path, as_json: bool) -> None:
+    """Write the job's per-image results (one row per image) as CSV."""
+    from scheduler.report import export_csv
+
+    rows = export_csv(ready_settings(), job_id, csv_path)
+    if as_json:
+        emit_json({"job_id": job_id, "csv": str(csv_path), "rows": rows})
+    else:
+        click.echo(f"{rows} images -> {csv_path}")
+
+
+@jobs.command()
+@click.argument("job_id")
+@json_option
+@handle_errors
+def wait(job_id: str, as_json: bool) -> None:
+    """Follow a job to its end with a progress bar, then summarise it.
+
+    Exit status: 0 finished, 1 cancelled or failed, 3 finished with no image at all.
+    """
+    from cxr.cli.score_cmd import finish_waiting
+    from scheduler.progress import wait_for_job
+
+    settings = ready_settings()
+    final = wait_for_job(settings, job_id, quiet=as_json)
+    finish_waiting(settings, job_id, final, None, as_json)
 
 
 @jobs.command()

@@ -4,7 +4,6 @@ need them, so ``cxr config`` and ``cxr models list`` start fast."""
 from __future__ import annotations
 
 import logging
-import os
 
 import click
 
@@ -25,13 +24,16 @@ from cxr.cli.web_cmd import web
 
 @click.group(cls=CxrGroup)
 @click.version_option(__version__, prog_name="cxr")
-@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level, with TensorFlow's start-up lines.")
 def cli(verbose: bool) -> None:
     """cxr: screen chest X-ray archives for COVID-19 and pneumonia, explain every call.
 
     Research use only. Not for clinical decisions.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not verbose:  # absl's and oneDNN's start-up lines; -v shows them
+        from cxr.cli.quiet import silence_tensorflow_startup
+
+        silence_tensorflow_startup()
     from cxr.core.settings import get_settings
 
     level = "DEBUG" if verbose else get_settings().log_level

@@ -19,6 +19,25 @@ def _store():
     return open_model_store(ready_settings())
 
 
+def _name_version(ref: str, version: str | None) -> tuple[str, int]:
+    """``NAME@VERSION`` (or ``NAME@ALIAS``/``NAME@latest``, resolved now) as every other command
+    takes it, or the older ``NAME VERSION``."""
+    from cxr.core.errors import PermanentError
+    from modelstore import parse_ref
+
+    if version is not None:
+        if "@" in ref or not version.isdigit():
+            raise PermanentError(f"give NAME@VERSION or NAME VERSION, got {ref!r} {version!r}")
+        return parse_ref(ref)[0], int(version)
+    if "@" not in ref:
+        raise PermanentError(f"give the version as NAME@VERSION (e.g. {ref}@3), got {ref!r}")
+    name, selector = parse_ref(ref)
+    if selector.isdigit():
+        return name, int(selector)
+    resolved = _store().resolve(ref)
+    return resolved.name, resolved.version
+
+
 @click.group()
 def models() -> None:
     """List, inspect, promote, pull and import models."""
@@ -126,19 +145,20 @@ def show(ref: str, as_json: bool) -> None:
 
 
 @models.command()
-@click.argument("name")
-@click.argument("version", type=int)
+@click.argument("ref")
+@click.argument("version", required=False)
 @click.option("--alias", required=True, help="Alias to move, e.g. production.")
 @json_option
 @handle_errors
-def promote(name: str, version: int, alias: str, as_json: bool) -> None:
-    """Point ALIAS of model NAME at VERSION."""
-    store = _store()
-    store.set_alias(name, alias, version)
+def promote(ref: str, version: str | None, alias: str, as_json: bool) -> None:
+    """Point ALIAS at REF's version: `cxr models promote NAME@VERSION --alias production`
+    (`NAME VERSION` also works)."""
+    name, version_number = _name_version(ref, version)
+    _store().set_alias(name, alias, version_number)
     if as_json:
-        emit_json({"name": name, "alias": alias, "version": version})
+        emit_json({"name": name, "alias": alias, "version": version_number})
     else:
-        click.echo(f"{name}@{alias} → {version}")
+        click.echo(f"{name}@{alias} → {version_number}")
 
 
 @models.command()
@@ -192,8 +212,8 @@ def import_(
 
 
 @models.command()
-@click.argument("name")
-@click.argument("version", type=int)
+@click.argument("ref")
+@click.argument("version", required=False)
 @click.option("--data", "eval_data", required=True, help="The fixed evaluation set (folder, CSV, s3://).")
 @click.option("--alias", default=None, help="Alias to move if not worse (default CXR_PROMOTION_ALIAS).")
 @click.option("--metric", default=None, help="Metric to compare (default CXR_PROMOTION_METRIC).")
@@ -201,17 +221,19 @@ def import_(
 @json_option
 @handle_errors
 def gate(
-    name: str, version: int, eval_data: str, alias: str | None, metric: str | None, margin: float | None,
-    as_json: bool,
+    ref: str, version: str | None, eval_data: str, alias: str | None, metric: str | None,
+    margin: float | None, as_json: bool,
 ) -> None:  # fmt: skip
-    """Promote VERSION of NAME to the alias only if it is not worse than the current holder."""
+    """Promote REF (NAME@VERSION; `NAME VERSION` also works) to the alias only if it is not worse
+    than the current holder."""
     from scheduler.retraining import promotion_gate
 
+    name, number = _name_version(ref, version)
     result = promotion_gate(
-        ready_settings(), name, version, eval_data=eval_data, alias=alias, metric=metric, margin=margin
+        ready_settings(), name, number, eval_data=eval_data, alias=alias, metric=metric, margin=margin
     )
     if as_json:
         emit_json(result.as_dict())
     else:
         verdict = "promoted" if result.promoted else "not promoted"
-        click.echo(f"{name}@{version} {verdict} to {result.alias}: {result.reason}")
+        click.echo(f"{name}@{number} {verdict} to {result.alias}: {result.reason}")

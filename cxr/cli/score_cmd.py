@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 
 from cxr.cli.common import emit_json, handle_errors, json_option, ready_settings
+from cxr.core.settings import Settings
 from cxr.explain.methods import EXPLAIN_MODES, METHODS  # NumPy only
+
+if TYPE_CHECKING:
+    from cxr.core.db.models import JobStatus
 
 
 @click.command()
@@ -33,13 +38,12 @@ def score(
     """Score every image under SOURCE: a folder (recursive), s3://bucket/prefix, or a list file.
 
     Running the same command again resumes an unfinished job: only what is missing is scored.
-    Without a broker (CXR_BROKER_URL unset) the job runs in this process.
+    Without a broker (CXR_BROKER_URL unset) the job runs in this process. A finished job writes
+    its report and CSV itself (`cxr jobs show ID` prints where).
+    Exit status with --wait: 0 finished, 1 cancelled or failed, 3 no image found.
     """
-    from cxr.core.db.models import JobStatus
     from scheduler.progress import wait_for_job
-    from scheduler.report import write_report
     from scheduler.submit import submit
-    from scheduler.summary import job_summary
 
     settings = ready_settings()
     console = Console(stderr=True, quiet=as_json)
@@ -66,10 +70,30 @@ def score(
                     "resumed": submitted.resumed, "chunks_sent": submitted.chunks_sent,
                 }
             )  # fmt: skip
+        if submitted.total == 0:
+            _warn_empty(submitted.job_id, source)
+            sys.exit(EXIT_EMPTY)
         return
     final = wait_for_job(settings, submitted.job_id, quiet=as_json)
-    report = write_report(settings, submitted.job_id, report_path)
-    summary = job_summary(settings, submitted.job_id)
+    finish_waiting(settings, submitted.job_id, final, report_path, as_json)
+
+
+#: Exit status of a job that finished without a single image (an empty folder, a wrong prefix).
+EXIT_EMPTY = 3
+
+
+def finish_waiting(
+    settings: Settings, job_id: str, final: JobStatus, report_path: Path | None, as_json: bool
+) -> None:
+    """After following a job to its end (``score --wait``, ``jobs wait``): its report (the
+    stored one, or written now), the summary, and the exit status: 0 finished, 1 cancelled or
+    failed, 3 finished with no image."""
+    from cxr.core.db.models import JobStatus
+    from scheduler.report import ensure_report
+    from scheduler.summary import job_summary
+
+    report = ensure_report(settings, job_id, report_path)
+    summary = job_summary(settings, job_id)
     summary["report_files"] = report
     if as_json:
         emit_json(summary)
@@ -77,6 +101,14 @@ def score(
         print_summary(summary)
     if final != JobStatus.FINISHED:
         sys.exit(1)
+    if summary["total"] == 0:
+        _warn_empty(job_id, summary["source"])
+        sys.exit(EXIT_EMPTY)
+
+
+def _warn_empty(job_id: str, source: str) -> None:
+    message = f"warning: job {job_id} found no image in {source}: check the path or prefix"
+    click.secho(message, fg="yellow", err=True)
 
 
 def print_summary(summary: dict) -> None:
@@ -88,6 +120,8 @@ def print_summary(summary: dict) -> None:
     click.echo(
         f"model {summary['model']} · {summary['images_per_second']} images/s over {summary['seconds']} s"
     )
+    if summary.get("error"):
+        click.echo(f"error: {summary['error']}")
     for label, count in summary["by_label"].items():
         click.echo(f"  {label:<12} {count}")
     if summary["skipped_by_reason"]:
@@ -107,6 +141,7 @@ def print_summary(summary: dict) -> None:
             f"(expected {shift['expected_share']:.1%}): the archive looks like the training data"
         )
     files = summary.get("report_files") or {}
-    click.echo(f"report: {files.get('local') or files.get('html')}")
-    click.echo(f"per-image CSV: {files.get('csv')}")
+    pending = f"not written yet (cxr jobs report {summary['job_id']})"
+    click.echo(f"report: {files.get('local') or files.get('html') or summary.get('report') or pending}")
+    click.echo(f"per-image CSV: {files.get('csv') or summary.get('csv') or pending}")
     click.echo("research use only — not for clinical decisions")

@@ -181,6 +181,7 @@ def train(
 
     Research use only. Not for clinical decisions.
     """
+    from scheduler.progress import progress_display
     from training_jobs.by_source import source_lines
     from training_jobs.pipeline import Augmentation
     from training_jobs.train import TrainConfig
@@ -217,11 +218,15 @@ def train(
         verbose=1 if sys.stderr.isatty() and not as_json else 2,
     )
     # Keras writes its progress to stdout; with --json, stdout carries the JSON object alone.
-    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+    with (
+        contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(),
+        progress_display(quiet=as_json),
+    ):
         result = run_training(config, ready_settings())
     summary = {
         "run_id": result.run_id,
         "report": result.report_uri,
+        "report_html": _html_beside(result.report_uri),
         "model": result.model_ref,
         "parameters": result.parameters,
         "train_minutes": round(result.train_seconds / 60, 2),
@@ -252,7 +257,7 @@ def train(
         click.echo(f"leave-source-out {', '.join(holdout_sources)} (n={held['n']}): {_readable(held)}")
         for line in source_lines(held["per_source"]):
             click.echo(f"  held out, source {line}")
-    click.echo(f"report    {result.report_uri}")
+    click.echo(f"report    {_html_beside(result.report_uri)} (and report.md, report.json beside it)")
     click.echo(f"published {result.model_ref}" if result.model_ref else "not published (use --publish)")
 
 
@@ -266,13 +271,16 @@ def train(
 @handle_errors
 def evaluate(ref: str, data: str, batch_size: int, seed: int, limit: int | None, as_json: bool) -> None:
     """Measure a published model on DATA; the figures join its manifest and the SQL catalogue."""
+    from scheduler.progress import progress_display
     from training_jobs.model_eval import evaluate_model
 
-    result = evaluate_model(ref, data, ready_settings(), batch_size=batch_size, seed=seed, limit=limit)
+    with progress_display(quiet=as_json):
+        result = evaluate_model(ref, data, ready_settings(), batch_size=batch_size, seed=seed, limit=limit)
     summary = {
         "model": result.model_ref,
         "evaluation_id": result.evaluation_id,
         "report": result.report_uri,
+        "report_html": _html_beside(result.report_uri),
         "data_fingerprint": result.data_fingerprint,
         "n": result.metrics["n"],
         "metrics": _headline(result.metrics),
@@ -300,7 +308,7 @@ def evaluate(ref: str, data: str, batch_size: int, seed: int, limit: int | None,
                 figures.append(f"{kind} {text}{interval}")
             click.echo(f"  operating point {name} >= {threshold:.4f}: " + ", ".join(figures))
     click.echo(f"verdict: {result.metrics['site_verdict']['text']}")
-    click.echo(f"report {result.report_uri}")
+    click.echo(f"report {_html_beside(result.report_uri)} (and report.md, report.json beside it)")
 
 
 @click.command("train-segmenter")
@@ -340,3 +348,8 @@ def train_segmenter(
         f"(n={result.n['test']}); bad test masks {result.bad_test_masks}; "
         f"model {result.model_ref or 'not published'}"
     )
+
+
+def _html_beside(report_json_uri: str) -> str:
+    """The HTML page written beside a report's JSON (``training_jobs.report.write_html``)."""
+    return report_json_uri.rsplit("/", 1)[0] + "/report.html"

@@ -163,7 +163,7 @@ async def predict(
 def _submit(settings: Any, job: JobIn) -> dict[str, Any]:
     """What ``cxr score`` does: submit (or resume) the job; without a broker the job runs here,
     and its CSV and report are written as ``cxr score`` writes them."""
-    from scheduler.report import write_report
+    from scheduler.report import ensure_report
     from scheduler.submit import submit
     from scheduler.summary import get_job
 
@@ -175,8 +175,8 @@ def _submit(settings: Any, job: JobIn) -> dict[str, Any]:
         explain=job.explain,
         explain_method=job.explain_method,
     )
-    if settings.in_process:
-        write_report(settings, submitted.job_id)
+    if settings.in_process:  # the job wrote its report as it finished; a cancelled one has its own
+        ensure_report(settings, submitted.job_id)
     return {
         "job_id": submitted.job_id,
         "model": submitted.model.ref,

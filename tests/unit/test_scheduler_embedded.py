@@ -64,7 +64,7 @@ def test_score_with_wait_json_from_a_shell(settings, archive, tmp_path):
 
 
 def test_a_submission_killed_midway_resumes_and_scores_each_image_once(settings, archive):
-    class SchedulerKilled(Exception):
+    class SchedulerKilled(BaseException):  # a kill, not an error: KeyboardInterrupt, SystemExit
         pass
 
     def die_after_three_chunks(walked: int, sent: int) -> None:
@@ -115,9 +115,12 @@ def test_explanations_are_written_once_with_the_chunk_and_shown_in_the_report(se
     report = write_report(settings, first.job_id, tmp_path / "report.html")
     page = (tmp_path / "report.html").read_text()
     assert report["html"].endswith("report.html") and "<h2>Shortcut score</h2>" in page
-    assert page.count('alt="heatmap overlay"') == sum(
+    positives = sum(
         n for label, n in job_summary(settings, first.job_id)["by_label"].items() if label != "normal"
-    )  # every positive in the gallery shows its overlay beside the X-ray
+    )
+    films = page.count('alt="X-ray ')
+    assert films == positives + 4  # each positive in its class's gallery, and all four as borderline
+    assert page.count('alt="heatmap overlay"') == films  # every film shown has its overlay beside it
 
     again = submit(settings, str(small), "tiny@production", explain="all", chunk_size=3)
     assert again.job_id != first.job_id

@@ -56,3 +56,31 @@ def test_films_the_model_was_trained_on_get_no_banner(trained, tmp_path):
     assert summary["shift"]["scored"] == 12 and not summary["shift"]["shifted"]
     write_report(trained, job.job_id, tmp_path / "report.html")
     assert 'id="shift-banner"' not in (tmp_path / "report.html").read_text()
+
+
+def test_the_report_carries_the_model_card_decisions_and_shortcut_scores(trained, tmp_path):
+    folder = tmp_path / "few"
+    folder.mkdir()
+    with (support.SAMPLE / "manifest.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    for row in rows[::8]:
+        (folder / row["path"].replace("/", "-")).write_bytes((support.SAMPLE / row["path"]).read_bytes())
+    job = submit(trained, str(folder), "shifty@production", explain="all")
+    files = write_report(trained, job.job_id, tmp_path / "report.html")
+    page = (tmp_path / "report.html").read_text()
+    # The model card: training data by class and source, test figures with their intervals.
+    card = page[page.index('id="model-card"') :]
+    assert "Training data" in card and "ieee8023" in card  # a source of the sample, as a table row
+    assert "95% CI" in card and " – " in card
+    assert "Source confound" in card and "Small test sets" in card and "Not for clinical use" in card
+    assert "Lineage" in card and "training data fingerprint" in card
+    assert "Decisions at the operating points" in page
+    assert "Started" in page and "Duration" in page
+    # Every explained film's shortcut score is in the CSV.
+    from cxr.core.storage import read_uri
+
+    table = list(csv.DictReader(read_uri(files["csv"], trained).decode().splitlines()))
+    scored = [r for r in table if r["outcome"] == "scored"]
+    assert scored and all(r["explained_class"] == r["label"] for r in scored)
+    assert any(r["shortcut_score"] for r in scored)
+    assert all(0 <= float(r["shortcut_score"]) <= 1 for r in scored if r["shortcut_score"])

@@ -39,10 +39,14 @@ def test_simple_cnn_learns_blob_position(tmp_path, local_settings):
     names = {info.key.rsplit("/", 1)[1] for info in store.list(f"reports/training/{result.run_id}/")}
     assert {"report.json", "report.md", "training_curves.png", "roc_curves.png", "model.keras"} <= names
     assert "not for clinical decisions" in store.get(f"reports/training/{result.run_id}/report.md").decode()
+    page = store.get(f"reports/training/{result.run_id}/report.html").decode()
+    assert "not for clinical decisions" in page and "95% CI" in page and "Per source" in page
+    assert page.count("data:image/png;base64,") == 4  # training curves, confusion matrix, ROC, reliability
     with session_scope(local_settings) as session:
         run = session.get(TrainingRun, result.run_id)
         assert run.status == "finished" and run.finished_at is not None
         assert run.data_fingerprint == result.runtime["dataset"]["fingerprint"]
+        assert run.metrics["training_data"]["per_class"] == {"covid": 40, "normal": 40}  # for model cards
         split = run.split["patients"]
         assert set(split["train"]).isdisjoint(split["test"]) and len(split["test"]) >= 6
         assert not any(h.startswith(("covid-", "normal-")) for h in split["train"])

@@ -9,6 +9,10 @@ the job.
 A job is finished only when, besides the counters, every one of its chunk rows is final: a
 counter sum that reaches the total early (a source that grew, a miscount) cannot close a job
 whose last chunk is still being written.
+
+The transaction that finishes a job notes it in ``session.info`` (``finished_in``): after it
+commits, its caller asks for the job's report (``worker.app.send_job_report``), so a job ends
+with its paperwork done whether a worker or the scheduler closed it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from sqlalchemy.orm import Session
 from cxr.core.db.models import Chunk, ChunkStatus, Job, JobStatus, utcnow
 
 FINAL_CHUNK = (ChunkStatus.DONE, ChunkStatus.FAILED)
+_FINISHED_KEY = "cxr_finished_jobs"
 
 
 def job_identity(source: str, model_name: str, model_version: int, explain: str) -> str:
@@ -51,8 +56,10 @@ def add_to_counters(
     return bool(result.rowcount)
 
 
-def finish_if_complete(session: Session, job_id: str) -> None:
-    session.execute(
+def finish_if_complete(session: Session, job_id: str) -> bool:
+    """Finish the job if its walk is closed, its counters reach the total and every chunk is
+    final; True if this call finished it (noted for ``finished_in``)."""
+    result = session.execute(
         update(Job)
         .where(
             Job.id == job_id,
@@ -62,3 +69,13 @@ def finish_if_complete(session: Session, job_id: str) -> None:
         )
         .values(status=JobStatus.FINISHED, finished_at=utcnow(), active_identity=None)
     )
+    finished = bool(result.rowcount)
+    if finished:
+        session.info.setdefault(_FINISHED_KEY, set()).add(job_id)
+    return finished
+
+
+def finished_in(session: Session) -> set[str]:
+    """The jobs this session's transactions finished (read it before or after the commit; a
+    rolled-back transaction must not be asked)."""
+    return set(session.info.get(_FINISHED_KEY, ()))

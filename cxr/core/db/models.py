@@ -152,7 +152,12 @@ class Job(Base):
     scored: Mapped[int] = mapped_column(Integer, default=0)
     skipped: Mapped[int] = mapped_column(Integer, default=0)  # already scored by this version
     failed: Mapped[int] = mapped_column(Integer, default=0)
+    #: The HTML report and the per-image CSV, written when the job finished (``cxr.report_job``)
+    #: or later by ``cxr jobs report``.
     report_uri: Mapped[str | None] = mapped_column(Text)
+    csv_uri: Mapped[str | None] = mapped_column(Text)
+    #: Why the job failed: its submission broke off (``scheduler.submit``), in one line.
+    error: Mapped[str | None] = mapped_column(Text)
     #: ``job_identity(...)`` while the job is pending or running, NULL once it ended. Unique, so
     #: two schedulers racing to create the same job cannot both succeed: the loser resumes the
     #: winner's job (``scheduler.submit``).
