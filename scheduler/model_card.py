@@ -26,16 +26,26 @@ SMALL_CLASS = 30
 CONFOUND_SHARE = 0.8
 
 
-def _figures(values: dict[str, Any]) -> list[dict[str, Any]]:
+def _interval(ci: Any) -> list[float] | None:
+    """A stored 95 % interval as two floats, or None when absent or malformed."""
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(x, int | float) for x in ci):
+        return [float(ci[0]), float(ci[1])]
+    return None
+
+
+def figures_with_intervals(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The headline figures (``FIGURES``) of one metric record, each with its 95 % bootstrap
+    interval when the record has one: what every model card, HTML or web, shows."""
     intervals = values.get("ci95") or {}
-    out = []
-    for name in FIGURES:
-        value = values.get(name)
-        if isinstance(value, int | float):
-            ci = intervals.get(name)
-            out.append({"name": name.replace("_", " "), "value": float(value),
-                        "ci": [float(ci[0]), float(ci[1])] if ci else None})  # fmt: skip
-    return out
+    return [
+        {"name": name, "value": float(values[name]), "ci": _interval(intervals.get(name))}
+        for name in FIGURES
+        if isinstance(values.get(name), int | float)
+    ]
+
+
+def _figures(values: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{**row, "name": row["name"].replace("_", " ")} for row in figures_with_intervals(values)]
 
 
 def _training_data(settings: Settings, name: str, version: int) -> dict[str, Any] | None:

@@ -15,16 +15,8 @@ from cxr.core.db.session import session_scope
 from cxr.core.errors import CxrError
 from cxr.core.settings import Settings
 from modelstore import open_model_store
+from scheduler.model_card import figures_with_intervals
 
-#: Figures a model card shows first, in this order, when a metric record has them.
-HEADLINE_METRICS = (
-    "accuracy",
-    "macro_f1",
-    "macro_auc",
-    "covid_auc",
-    "covid_sensitivity",
-    "covid_specificity",
-)
 UNFINISHED = (JobStatus.PENDING, JobStatus.RUNNING)
 
 
@@ -59,25 +51,11 @@ def list_jobs(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
 
 def metric_rows(values: dict[str, Any]) -> list[dict[str, Any]]:
     """Headline figures of one metric record, each with its 95 % bootstrap interval when the
-    record has one (``ci95``)."""
-    intervals = values.get("ci95") or {}
-    rows = []
-    for name in HEADLINE_METRICS:
-        value = values.get(name)
-        if isinstance(value, int | float):
-            ci = intervals.get(name)
-            rows.append(
-                {
-                    "name": name,
-                    "value": float(value),
-                    "ci95": [float(ci[0]), float(ci[1])]
-                    if isinstance(ci, list | tuple)
-                    and len(ci) == 2
-                    and all(isinstance(x, int | float) for x in ci)
-                    else None,
-                }
-            )
-    return rows
+    record has one (``ci95``): the report's model card figures (``scheduler.model_card``)."""
+    return [
+        {"name": row["name"], "value": row["value"], "ci95": row["ci"]}
+        for row in figures_with_intervals(values)
+    ]
 
 
 def model_version(manifest: Any) -> dict[str, Any]:

@@ -105,9 +105,12 @@ def test_the_openapi_schema_documents_every_route_and_every_answer_matches_it(we
         assert bad["detail"]
         missing = check("get", "/api/v1/jobs/{job_id}", client.get("/api/v1/jobs/0123456789abcdef"))
         assert "no job" in missing["detail"]
+        # The model is resolved first (its contract says at what scale to decode the film).
         unknown = client.post("/api/v1/predict", params={"model": "nosuch"}, files={"file": ("f.jpg", b"x")})
-        assert unknown.status_code == 422  # not a film: refused before any model is resolved
-        check("post", "/api/v1/predict", unknown)
+        assert unknown.status_code == 404 and "nosuch" in check("post", "/api/v1/predict", unknown)["detail"]
+        not_a_film = client.post("/api/v1/predict", files={"file": ("f.jpg", b"x")})
+        assert not_a_film.status_code == 422
+        check("post", "/api/v1/predict", not_a_film)
         big = client.post("/api/v1/predict", files={"file": ("f.png", b"\0" * (2 * MAX_UPLOAD_BYTES))})
         assert check("post", "/api/v1/predict", big)["detail"]
         with web_server.client(token=None) as anonymous:
