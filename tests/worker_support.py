@@ -80,13 +80,16 @@ def sample_images(count: int) -> list[bytes]:
 
 
 def reference_probabilities(model_path: Path, images: list[bytes], contract: InputContract) -> np.ndarray:
-    """An independent forward pass: one ``model.predict`` per image, no batching."""
+    """An independent forward pass: one ``model.predict`` per image, no batching, on the pixels
+    the contract's decode rule gives (``decode_side``), as every caller decodes."""
     from modelstore.loading import load_keras_model
 
     model = load_keras_model(model_path)
     rows = []
     for data in images:
-        pixels = decode_image(data, max_bytes=1 << 26, max_pixels=60_000_000).pixels
+        pixels = decode_image(
+            data, max_bytes=1 << 26, max_pixels=60_000_000, target_side=contract.decode_side
+        ).pixels
         tensor = preprocess(pixels, contract)[None]
         rows.append(np.asarray(model.predict(tensor, verbose=0))[0])
     return np.array(rows)

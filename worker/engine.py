@@ -33,6 +33,7 @@ import numpy as np
 
 from cxr.core.errors import ImageError, TransientError
 from cxr.core.imaging import decode_image
+from cxr.core.imaging.decode import no_contrast
 from cxr.core.imaging.dicom_policy import DicomPolicy, ImageSkipped
 from cxr.core.outcomes import FailureStage, SkipReason, one_line
 from cxr.core.privacy import DICOM_HASHED_COLUMNS, hash_identifier
@@ -139,6 +140,9 @@ def prepare_image(uri: str, fetcher: ObjectFetcher, runtime: ModelRuntime, setti
         return SkippedImage(uri, sha256, str(exc))
     except Exception as exc:
         return ImageFailure(uri, FailureStage.DECODE, _reason(exc), sha256)
+    blank = no_contrast(decoded.pixels)
+    if blank is not None:
+        return SkippedImage(uri, sha256, blank)
     try:
         tensor = runtime.preprocess(decoded.pixels)
     except Exception as exc:

@@ -54,6 +54,10 @@ class SkipReason(enum.StrEnum):
     DICOM_DERIVED = "DICOM image derived or secondary"
     DICOM_BURNED_IN = "DICOM image has burned-in annotation"
     DICOM_PHOTOMETRIC = "DICOM photometric interpretation not handled"
+    # A film whose pixels span (almost) no range: a blank page or a failed export, not a radiograph.
+    # Such an image can sit anywhere in feature space (a uniform grey is near the "average" film),
+    # so the shift score cannot be trusted to flag it: it is refused before the model runs.
+    NO_CONTRAST = "no contrast: a uniform image is not a radiograph"
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from cxr import INTENDED_USE
+from cxr.core.errors import ImageError
 from cxr.core.imaging import decode_image
+from cxr.core.imaging.decode import no_contrast
 from cxr.core.outcomes import one_line
 from cxr.core.settings import Settings
 from modelstore import open_model_store
@@ -112,6 +114,9 @@ class Predictor:
             max_pixels=min(settings.web_max_upload_pixels, settings.max_image_pixels),
             target_side=runtime.contract.decode_side,  # reduced as the worker decodes: same pixels
         )
+        blank = no_contrast(decoded.pixels)
+        if blank is not None:  # refused as the worker skips it
+            raise ImageError(blank)
         with _INFERENCE_LOCK:
             scores = runtime.score(runtime.preprocess(decoded.pixels)[None])
             item = runtime.explainer("gradcam").explain([decoded.pixels], scales=[decoded.scale])[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import os
 import sys
 import threading
@@ -15,6 +16,7 @@ from sqlalchemy import func, select, update
 
 from cxr.core.db.models import Chunk, ChunkStatus, Failure, Job, JobImage, Prediction, utcnow
 from cxr.core.db.session import session_scope
+from cxr.core.imaging import decode_image
 from cxr.core.settings import Settings
 from cxr.core.storage.fetch import ObjectFetcher
 from modelstore import ResolvedModel, open_model_store
@@ -419,3 +421,18 @@ def test_the_insert_decides_who_scores_identical_bytes_not_a_read_before_it(sett
         assert (job.scored, job.skipped) == (3, 3)
         reasons = set(session.scalars(select(JobImage.reason).where(JobImage.chunk_seq == 1)))
     assert reasons == {"already scored by this model version"}
+
+
+def test_a_uniform_image_is_skipped_for_no_contrast_before_the_model():
+    """A blank page has no contrast: skipped with the reason, never scored or failed."""
+    from PIL import Image
+
+    from cxr.core.imaging.decode import no_contrast
+
+    flat = np.full((64, 64), 0.5, np.float32)
+    assert "no contrast" in (no_contrast(flat) or "")
+    assert no_contrast(np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)) is None
+    buffer = io.BytesIO()
+    Image.new("L", (64, 64), 200).save(buffer, format="PNG")
+    decoded = decode_image(buffer.getvalue(), max_bytes=1 << 20, max_pixels=10**6)
+    assert "no contrast" in (no_contrast(decoded.pixels) or "")

@@ -33,6 +33,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cxr.core.errors import ImageError
 
 MIN_SIDE = 32  # smaller than this is a thumbnail or an icon, not a radiograph
+#: Below this range of decoded values (on [0, 1]: about five grey levels of 255) a film has no
+#: contrast: a blank page or a failed export (``no_contrast``).
+MIN_CONTRAST = 0.02
 _DICOM_MAGIC_OFFSET = 128
 
 
@@ -108,6 +111,16 @@ def decode_image(
         raise ImageError(f"decoder error: {describe(exc)}") from exc
     _check_size(decoded.width, decoded.height)
     return decoded
+
+
+def no_contrast(pixels: np.ndarray) -> str | None:
+    """The skip reason for decoded pixels that span (almost) no range, else None. Scoring such an
+    image means nothing, and its features can sit near the average film, where the shift score
+    cannot be trusted to flag it: the worker and the web refuse it before the model runs."""
+    from cxr.core.outcomes import SkipReason
+
+    spread = float(np.ptp(pixels)) if pixels.size else 0.0
+    return f"{SkipReason.NO_CONTRAST.value} (pixel range {spread:.3f})" if spread < MIN_CONTRAST else None
 
 
 def describe(exc: BaseException) -> str:
