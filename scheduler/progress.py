@@ -84,10 +84,14 @@ class RichDisplay:
 @contextlib.contextmanager
 def progress_display(quiet: bool = False) -> Iterator[None]:
     """Bars on stderr (rate and ETA) for the long steps run inside the block: loading films,
-    feature passes, scoring (``cxr.core.progress``). ``quiet`` (e.g. ``--json``) shows none."""
+    feature passes, scoring (``cxr.core.progress``). ``quiet`` (e.g. ``--json``) shows none, and
+    so does a stderr that is not a terminal: a log file or a pipe gets the command's messages,
+    not the residue of bars."""
     from cxr.core import progress as core_progress
 
-    with core_progress.showing(None if quiet else RichDisplay(Console(stderr=True))):
+    console = Console(stderr=True)
+    shown = not quiet and console.is_terminal
+    with core_progress.showing(RichDisplay(console) if shown else None):
         yield
 
 

@@ -89,7 +89,15 @@ def test_upload_a_film_and_see_the_call_and_the_overlay(web_server, browser, vie
     page.select_option("#model", "cxr@production")
     page.click("form.card button[type=submit]")
     page.wait_for_selector("#overlay")
-    assert page.eval_on_selector("#overlay", "img => img.complete && img.naturalWidth") == 384
+    # The overlay is drawn on the decoded film: the 384 px sample reduced by the contract's decode
+    # rule (twice the model's input side), exactly the pixels the model saw.
+    from cxr.core.imaging import decode_image
+
+    side = 2 * 64  # the sample model's input is 64 px
+    decoded = decode_image(SAMPLE_FILM.read_bytes(), max_bytes=1 << 26, max_pixels=10**8, target_side=side)
+    width = decoded.pixels.shape[1]
+    assert width < decoded.width  # reduced: the film is larger than twice the input
+    assert page.eval_on_selector("#overlay", "img => img.complete && img.naturalWidth") == width
     assert page.inner_text("#label") in {"covid", "normal", "pneumonia"}
     assert page.is_visible("#research-use") and "Research use only" in page.inner_text("#research-use")
     assert "shift percentile" in page.inner_text("#shift")
