@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from bench.corpus import FORMATS, dicom_bytes, synthetic_film, upscale
+from cxr.core.errors import ImageError
 from cxr.core.imaging import InputContract, decode_image, preprocess
-from cxr.core.imaging.decode import area_reduce, decode_factor
+from cxr.core.imaging.decode import DECODE_FACTORS, area_reduce, decode_factor
 from cxr.core.imaging.preprocess import preprocess_gray
 from tests.unit.synthetic_cxr import write_folder_dataset
 from training_jobs.datasets import load_dataset
@@ -41,6 +42,7 @@ def test_decode_factor_is_the_largest_that_keeps_the_shorter_side():
     assert decode_factor(2500, 2048, 448, (1, 2, 4, 8)) == 4
     assert decode_factor(3000, 2400, 448, (1, 2, 4, 8)) == 4  # 5 is not a DCT scale
     assert decode_factor(3000, 2400, 448) == 5
+    assert decode_factor(3000, 2400, 448, DECODE_FACTORS) == 4  # the rule every format uses
     assert decode_factor(400, 300, 448) == decode_factor(2500, 2048, None) == 1
     assert CONTRACT.decode_side == 448
     assert InputContract(height=224, width=320).decode_side == 640
@@ -54,6 +56,25 @@ def test_area_reduce_is_a_block_mean_in_the_arrays_own_dtype():
     assert np.abs(reduced.astype(float) - expected).max() <= 0.5
     wide = np.arange(36, dtype=np.int32).reshape(6, 6) * 100_000  # a dtype OpenCV cannot take
     assert np.array_equal(area_reduce(wide, 2), np.rint(wide.reshape(3, 2, 3, 2).mean(axis=(1, 3))))
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8, 6])
+def test_area_reduce_halvings_stay_within_half_a_level_per_pass(factor):
+    """Twos are taken as 2×2 halvings (OpenCV's vectorised case), each rounded."""
+    values = np.random.default_rng(factor).integers(0, 4096, (203, 181)).astype(np.uint16)
+    reduced = area_reduce(values, factor)
+    rows, cols = 203 // factor, 181 // factor
+    exact = values[: rows * factor, : cols * factor].reshape(rows, factor, cols, factor).mean(axis=(1, 3))
+    passes = (factor & -factor).bit_length() - 1 + (factor & (factor - 1) != 0)
+    assert reduced.shape == (rows, cols)
+    assert np.abs(reduced - exact).max() <= 0.5 * passes + 1e-9
+
+
+def test_a_3000_pixel_film_is_decoded_at_a_power_of_two(film):
+    big = upscale(film, 3000, 2400, np.random.default_rng(3))
+    for name in ("dicom12", "png16", "jpeg8"):
+        fast = decode_image(FORMATS[name][0](big), target_side=CONTRACT.decode_side, **LIMITS)
+        assert fast.scale == 4 and fast.pixels.shape == (750, 600), name
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS))
@@ -102,10 +123,9 @@ def _sample_films(count: int) -> list[np.ndarray]:
     return [upscale(pixels, 2400, 2000, rng) for pixels in small]
 
 
-@pytest.mark.slow
-def test_a_models_probabilities_do_not_move():
-    """A small CNN whose output depends on where things are (no global pooling) scores the
-    sample films at full resolution in every format, decoded both ways."""
+def _position_dependent_model():
+    """A small CNN whose output depends on where things are (no global pooling), with a
+    sharpened last layer so that films move its probabilities far apart."""
     import keras
 
     keras.utils.set_random_seed(0)
@@ -121,7 +141,15 @@ def test_a_models_probabilities_do_not_move():
     )
     dense = model.layers[-1]
     kernel, bias = dense.get_weights()
-    dense.set_weights([kernel * 8, bias])  # sharper: films move the probabilities far apart
+    dense.set_weights([kernel * 8, bias])
+    return model, contract
+
+
+@pytest.mark.slow
+def test_a_models_probabilities_do_not_move():
+    """A position-dependent model scores the sample films at full resolution in every format,
+    decoded both ways."""
+    model, contract = _position_dependent_model()
     films = _sample_films(4)
     for name, (encode, _) in sorted(FORMATS.items()):
         slow_inputs, fast_inputs = [], []
@@ -186,8 +214,8 @@ def test_32_bit_tiffs_keep_the_full_films_range(mode):
     Image.fromarray(values.astype(np.float32 if mode == "F" else np.int32), mode).save(buffer, "TIFF")
     contract = InputContract(height=64, width=64, channels=1)
     slow, fast = both(buffer.getvalue(), contract)
-    assert fast.scale == 7.0 and fast.bit_depth == slow.bit_depth == 32
-    reduced_slow = area_reduce(slow.pixels, 7)
+    assert fast.scale == 4.0 and fast.bit_depth == slow.bit_depth == 32  # 1000 / 64 / 2 = 7.8
+    reduced_slow = area_reduce(slow.pixels, 4)
     assert np.abs(reduced_slow - fast.pixels).max() < 1e-3
 
 
@@ -221,3 +249,71 @@ def test_every_fuzz_seed_decodes_reduced_to_pixels_or_a_reason():
         assert pixels.min() >= 0 and pixels.max() <= 1, name
         reduced += decoded.scale > 1
     assert reduced >= 5
+
+
+def _j2k_dicom(film: np.ndarray) -> bytes:
+    from pydicom.uid import JPEG2000Lossless
+
+    pytest.importorskip("openjpeg")  # pydicom's JPEG 2000 encoder (the cxr[dicom] extra)
+    return dicom_bytes(film, transfer_syntax=JPEG2000Lossless)
+
+
+@pytest.mark.slow
+def test_a_jpeg_2000_film_is_decoded_at_a_reduced_wavelet_level():
+    """OpenJPEG stops at the 1/8 level (the film's LL band): the same size and scale as the
+    other reduced paths. The wavelet's low-pass is not the area mean (it is centred 1.5 film
+    pixels off the block's centre and differs most at sharp edges), so the pixels differ more
+    than on the other paths; the sharp position-dependent model's probabilities still move by
+    at most 0.02 on the sample films, as for every format."""
+    from cxr.core.imaging.jpeg2000 import codestream_precision
+
+    films = _sample_films(3)
+    model, contract = _position_dependent_model()
+    slow_inputs, fast_inputs = [], []
+    for film in films:
+        data = _j2k_dicom(film)
+        slow, fast = both(data, contract)
+        assert fast.pixels.shape == (300, 250) and fast.scale == 8 and slow.scale == 1  # 192-px side
+        slow_inputs.append(preprocess(slow.pixels, contract))
+        fast_inputs.append(preprocess(fast.pixels, contract))
+        difference = np.abs(slow_inputs[-1] - fast_inputs[-1])
+        assert difference.mean() < 0.02, difference.mean()
+    p_slow = model.predict(np.stack(slow_inputs), verbose=0)
+    p_fast = model.predict(np.stack(fast_inputs), verbose=0)
+    assert np.abs(p_slow - p_fast).max() <= 0.02, np.abs(p_slow - p_fast).max()
+    import pydicom
+    from pydicom.encaps import generate_frames
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    assert codestream_precision(frame) == (2000, 2400, 12, False)
+
+
+def test_a_jpeg_2000_codestream_that_contradicts_its_header_is_refused(film):
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    from cxr.core.imaging.jpeg2000 import decode_reduced
+
+    ds = pydicom.dcmread(io.BytesIO(_j2k_dicom(film)))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    with pytest.raises(ImageError, match="codestream holds 2048×2500"):
+        decode_reduced(frame, 2400, 2048, 4)
+    assert decode_reduced(frame, 2500, 2048, 3) is None  # not a power of two: full decode
+    assert decode_reduced(b"\x00" * 64, 2500, 2048, 4) is None  # not a raw codestream
+    broken = frame[: len(frame) // 3]  # the header survives, the code blocks do not
+    ds.PixelData = encapsulate([broken])
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    try:
+        decoded = decode_image(buffer.getvalue(), target_side=CONTRACT.decode_side, **LIMITS)
+    except ImageError as exc:
+        assert "JPEG 2000" in str(exc) or "DICOM" in str(exc)
+    else:  # OpenJPEG may decode what it has (the rest is zero): still valid pixels
+        assert np.isfinite(decoded.pixels).all() and decoded.pixels.shape == (625, 512)
+
+
+def test_a_truncated_uncompressed_dicom_is_refused_on_the_reduced_path(film):
+    data = dicom_bytes(film)
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        decode_image(data[: len(data) - 1000], target_side=CONTRACT.decode_side, **LIMITS)

@@ -125,8 +125,8 @@ class InputContract(BaseModel):
     @property
     def decode_side(self) -> int:
         """The decode-scale rule: a film is decoded reduced by the largest factor its format
-        allows (JPEG 1, 2, 4, 8 in the DCT domain; DICOM, PNG, TIFF any integer, an area mean of
-        stored integers) that keeps its shorter side at least this many pixels
+        allows (JPEG 1, 2, 4, 8 in the DCT domain; DICOM, PNG, TIFF 1, 2, 4, 8, 16, an area mean
+        of stored integers) that keeps its shorter side at least this many pixels
         (``decode.decode_factor``). ``DecodedImage.scale`` records the factor: explanations located
         on the decoded pixels map back onto the original film by multiplying by it."""
         return self.DECODE_MARGIN * max(self.height, self.width)
