@@ -93,13 +93,14 @@ def build_model(name: str, contract: InputContract, path: Path) -> Path:
     return path
 
 
-def fullres_images(folder: Path, per_format: int) -> list[bytes]:
-    """The full-resolution archive (``bench/corpus.py``), every format interleaved."""
+def fullres_images(folder: Path, per_format: int, formats: list[str] | None = None) -> list[bytes]:
+    """The full-resolution archive (``bench/corpus.py``), every format (or ``formats``)
+    interleaved."""
     import csv
 
     from bench.corpus import write_corpus
 
-    with write_corpus(folder, per_format).open() as stream:
+    with write_corpus(folder, per_format, formats=formats).open() as stream:
         return [(folder / row["path"]).read_bytes() for row in csv.DictReader(stream)]
 
 
@@ -302,7 +303,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     images = (
         support.sample_images(min(args.images, 256))
         if args.corpus == "dev"
-        else fullres_images(workdir / "fullres", args.fullres_per_format)
+        else fullres_images(workdir / "fullres", args.fullres_per_format, args.formats)
     )
     n, m, rounds = args.images, args.naive_images, args.rounds
     processes = args.worker_processes
@@ -392,6 +393,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": args.model,
         "corpus": args.corpus,
+        "formats": args.formats or "all",
         "image_size": args.image_size,
         "images": n,
         "naive_images": m,
@@ -432,6 +434,7 @@ def main(argv: list[str] | None = None) -> None:
         "archive (JPEG, 16-bit PNG/TIFF, 12-bit DICOM variants)",
     )  # fmt: skip
     parser.add_argument("--fullres-per-format", type=int, default=2, help="films per format (fullres)")
+    parser.add_argument("--formats", nargs="*", help="fullres: only these formats (default: all)")
     parser.add_argument("--images", type=int, default=64, help="images per round for (a) and (b)")
     parser.add_argument("--naive-images", type=int, default=32, help="images per round for (c)")
     parser.add_argument("--rounds", type=int, default=1)
