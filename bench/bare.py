@@ -39,7 +39,12 @@ def make_forward(model_path: Path, batch_size: int) -> Forward:
 
 
 def timed_loop(forward: Forward, tensors: np.ndarray, batch_size: int, images: int) -> tuple[int, float]:
-    """Run ``images`` images (cycling over ``tensors``) in batches; (images run, seconds)."""
+    """Run ``images`` images (cycling over ``tensors``) in batches; (images run, seconds).
+
+    Fewer distinct tensors than a batch (16 full-resolution films, batch 32) are repeated until
+    a batch is full: slicing past the end would run short batches and count them as full."""
+    if len(tensors) < batch_size:
+        tensors = np.concatenate([tensors] * -(-batch_size // len(tensors)))
     forward(tensors[:batch_size])  # the first call at a new batch size pays for its own setup
     started = time.perf_counter()
     done = 0
