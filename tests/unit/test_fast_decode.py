@@ -317,3 +317,15 @@ def test_a_truncated_uncompressed_dicom_is_refused_on_the_reduced_path(film):
     data = dicom_bytes(film)
     with pytest.raises(ImageError, match="truncated or corrupt"):
         decode_image(data[: len(data) - 1000], target_side=CONTRACT.decode_side, **LIMITS)
+
+
+def test_a_jpeg_ls_film_agrees_reduced_and_full(film):
+    """JPEG-LS is decoded whole (CharLS, where installed) and then reduced like an uncompressed
+    film: the same tolerance as every area-reduced path."""
+    from pydicom.uid import JPEGLSLossless
+
+    pytest.importorskip("jpeg_ls")
+    slow, fast = both(dicom_bytes(film, transfer_syntax=JPEGLSLossless))
+    assert fast.pixels.shape == (625, 512) and fast.scale == 4
+    difference = np.abs(preprocess(slow.pixels, CONTRACT) - preprocess(fast.pixels, CONTRACT))
+    assert difference.max() < 0.04 and difference.mean() < 0.003, (difference.max(), difference.mean())
