@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
@@ -20,6 +21,9 @@ from cxr.core.db.session import session_scope
 from cxr.core.errors import ConfigurationError, ModelNotFound
 from cxr.core.settings import Settings
 from modelstore import open_model_store
+
+if TYPE_CHECKING:
+    from training_jobs.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -143,11 +147,38 @@ def promotion_gate(
     return result
 
 
+def retrain_config(settings: Settings, data: str, parent: int | None) -> TrainConfig:
+    """What a scheduled run trains: the ``CXR_RETRAIN_*`` settings, then the recipe if one is
+    named (an unknown name is a configuration error, found before anything trains)."""
+    from training_jobs.recipes import apply_recipe
+    from training_jobs.train import TrainConfig
+
+    config = TrainConfig(
+        data=data,
+        arch=settings.retrain_arch,
+        classes=tuple(c.strip() for c in settings.retrain_classes.split(",") if c.strip()),
+        name=settings.retrain_model_name,
+        image_size=settings.retrain_image_size,
+        epochs=settings.retrain_epochs,
+        weights=settings.retrain_weights,
+        publish=True,
+        parent_version=parent,
+        verbose=2,
+    )
+    if not settings.retrain_recipe:
+        return config
+    keep = {"weights"} if settings.retrain_weights != "none" else set()
+    try:
+        return apply_recipe(config, settings.retrain_recipe, keep=keep)
+    except KeyError as exc:
+        raise ConfigurationError(f"CXR_RETRAIN_RECIPE: {exc.args[0]}") from exc
+
+
 def retrain(settings: Settings) -> GateResult:
     """The scheduled job: train on the configured data (plus ``CXR_RETRAIN_EXTRA_DATA``),
     publish, then run the gate."""
     from scheduler.retrain_data import combined_manifest, extra_sources
-    from training_jobs.train import TrainConfig, train
+    from training_jobs.train import train
 
     if not settings.retrain_data or not settings.retrain_eval_data:
         raise ConfigurationError("scheduled retraining needs CXR_RETRAIN_DATA and CXR_RETRAIN_EVAL_DATA")
@@ -161,18 +192,7 @@ def retrain(settings: Settings) -> GateResult:
     data = settings.retrain_data
     if extra_sources(settings):
         data = combined_manifest(settings, data, extra_sources(settings))
-    config = TrainConfig(
-        data=data,
-        arch=settings.retrain_arch,
-        classes=tuple(c.strip() for c in settings.retrain_classes.split(",") if c.strip()),
-        name=settings.retrain_model_name,
-        image_size=settings.retrain_image_size,
-        epochs=settings.retrain_epochs,
-        weights=settings.retrain_weights,
-        publish=True,
-        parent_version=parent,
-        verbose=2,
-    )
+    config = retrain_config(settings, data, parent)
     result = train(config, settings)
     assert result.model_ref is not None  # publish=True
     version = int(result.model_ref.rsplit("@", 1)[1])

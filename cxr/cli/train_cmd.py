@@ -7,8 +7,10 @@ import sys
 from typing import get_args
 
 import click
+from click.core import ParameterSource
 
 from cxr.cli.common import contrast_option, emit_json, handle_errors, json_option, ready_settings
+from training_jobs.recipes import RECIPES, apply_recipe, recipe_names
 from training_jobs.train import HeadTraining  # no TensorFlow at import
 
 ARCH_CHOICES = (
@@ -64,6 +66,16 @@ def _readable(metrics: dict) -> str:
         text = "n/a" if value is None else f"{value:.3f}"
         parts.append(f"{key} {text}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""))
     return ", ".join(parts)
+
+
+def _given_options(context: click.Context) -> set[str]:
+    """The parameters given on the command line (or by environment), which a recipe keeps."""
+    given = set()
+    for name in context.params:
+        source = context.get_parameter_source(name)
+        if source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+            given.add(name)
+    return given
 
 
 @click.command()
@@ -138,6 +150,21 @@ def _readable(metrics: dict) -> str:
 )
 @click.option("--segmenter", default=None, help="The lung segmenter for --lung-crop, e.g. lungs@production.")
 @click.option(
+    "--deshortcut",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="De-shortcut copies of each training film (burned-in markers, erased border bands); 0: off.",
+)
+@click.option(
+    "--recipe",
+    type=click.Choice(recipe_names()),
+    default=None,
+    help="A measured set of the options above; options given explicitly win. generalise: "
+    + RECIPES["generalise"].summary
+    + ".",
+)
+@click.option(
     "--flip/--no-flip",
     default=False,
     show_default=True,
@@ -170,6 +197,8 @@ def train(
     holdout_sources: tuple[str, ...],
     lung_crop: str,
     segmenter: str | None,
+    deshortcut: int,
+    recipe: str | None,
     flip: bool,
     deterministic: bool,
     limit: int | None,
@@ -183,6 +212,7 @@ def train(
     """
     from scheduler.progress import progress_display
     from training_jobs.by_source import source_lines
+    from training_jobs.deshortcut import Deshortcut
     from training_jobs.pipeline import Augmentation
     from training_jobs.train import TrainConfig
     from training_jobs.train import train as run_training
@@ -210,6 +240,7 @@ def train(
         holdout_sources=holdout_sources,
         lung_crop=lung_crop,  # type: ignore[arg-type]  # click.Choice has checked it
         segmenter=segmenter,
+        deshortcut=Deshortcut(copies=deshortcut) if deshortcut else None,
         augmentation=Augmentation(horizontal_flip=flip),
         deterministic=deterministic,
         publish=publish,
@@ -217,6 +248,8 @@ def train(
         limit=limit,
         verbose=1 if sys.stderr.isatty() and not as_json else 2,
     )
+    if recipe:
+        config = apply_recipe(config, recipe, keep=_given_options(click.get_current_context()))
     # Keras writes its progress to stdout; with --json, stdout carries the JSON object alone.
     with (
         contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext(),

@@ -282,6 +282,13 @@ class Settings(BaseSettings):
     retrain_classes: str = Field(default="covid,normal,pneumonia", description="Classes, comma-separated.")
     retrain_image_size: int = Field(default=224, ge=16, description="Input size for scheduled runs.")
     retrain_epochs: int = Field(default=20, ge=1, description="Epoch limit (early stopping applies).")
+    retrain_recipe: str | None = Field(
+        default=None,
+        description="A named training recipe for scheduled runs (training_jobs/recipes.py; "
+        "'generalise': the best leave-source-out recipe, which needs lungs@production in the store). "
+        "It sets head, fine-tuning, lung step and de-shortcut copies; a CXR_RETRAIN_WEIGHTS other "
+        "than none wins over its weights.",
+    )
     promotion_alias: str = Field(default="production", description="The alias the gate may move.")
     promotion_metric: str = Field(
         default="macro_f1",
