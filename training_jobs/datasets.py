@@ -120,7 +120,8 @@ def map_label(raw: str, classes: Sequence[str]) -> str | None:
 
 
 # ---- listing ------------------------------------------------------------------------------------
-def _as_uri(source: str) -> str:
+def source_uri(source: str) -> str:
+    """A data source as a URI: ``s3://`` and ``file://`` as given, a local path made absolute."""
     if "://" in source:
         return source
     return Path(source).expanduser().absolute().as_uri()
@@ -132,7 +133,7 @@ def _is_manifest(source: str) -> bool:
 
 def open_source(source: str, settings: Settings) -> tuple[ObjectStore, list[Entry]]:
     """The store the images are read from and the listed entries of ``source``."""
-    uri = _as_uri(source)
+    uri = source_uri(source)
     if _is_manifest(uri):
         root, _, name = uri.rpartition("/")
         store = open_store(root, settings)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
 import tempfile
 import time
@@ -27,10 +28,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cxr.core.errors import ConfigurationError, ObjectNotFound
 from cxr.core.imaging import InputContract, decode_image, preprocess
 from cxr.core.imaging.lungs import mask_problem
 from cxr.core.imaging.preprocess import resize_gray
 from cxr.core.settings import Settings
+from cxr.core.storage import open_store
 from training_jobs.lung_unet import ARCHITECTURE, build_lung_unet
 from training_jobs.splits import split_by_patient
 
@@ -73,26 +76,38 @@ class SegmenterResult:
 
 
 def load_pairs(config: SegmenterConfig, settings: Settings) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(inputs (N, s, s, 1), masks (N, s, s, 1) in {0, 1}, patient ids)."""
-    masks_root, images_root = Path(config.masks).parent, Path(config.images)
+    """(inputs (N, s, s, 1), masks (N, s, s, 1) in {0, 1}, patient ids).
+
+    The masks' manifest and the images' root are local paths or ``s3://``/``file://`` URIs, read
+    through the object stores as training data is (``training_jobs.datasets``); a mask's and an
+    image's path are relative to the masks' manifest and to the images' root."""
+    from training_jobs.datasets import source_uri
+
+    masks_root, _, manifest_name = source_uri(config.masks).rpartition("/")
+    mask_store = open_store(masks_root, settings)
+    image_store = open_store(source_uri(config.images), settings)
     patients: dict[str, str] = {}
-    if (images_root / "manifest.csv").exists():
-        with (images_root / "manifest.csv").open() as stream:
-            patients = {row["path"]: row["patient_id"] for row in csv.DictReader(stream)}
+    if image_store.exists("manifest.csv"):
+        text = image_store.get("manifest.csv").decode("utf-8-sig")
+        patients = {row["path"]: row["patient_id"] for row in csv.DictReader(io.StringIO(text))}
+    try:
+        rows = list(csv.DictReader(io.StringIO(mask_store.get(manifest_name).decode("utf-8-sig"))))
+    except ObjectNotFound as exc:
+        raise ConfigurationError(f"no masks manifest at {config.masks}") from exc
     contract = config.contract
     inputs, masks, ids = [], [], []
-    with Path(config.masks).open() as stream:
-        for row in csv.DictReader(stream):
-            data = (images_root / row["image_path"]).read_bytes()
-            film = decode_image(data, max_bytes=settings.max_image_bytes,
-                                max_pixels=settings.max_image_pixels).pixels  # fmt: skip
-            mask = np.asarray(Image.open(masks_root / row["mask_path"]).convert("L"), np.float32) / 255.0
-            if mask.shape != film.shape:
-                log.warning("%s: mask %s != film %s, skipped", row["mask_path"], mask.shape, film.shape)
-                continue
-            inputs.append(preprocess(film, contract))
-            masks.append((resize_gray(mask, contract.height, contract.width) >= 0.5)[..., None])
-            ids.append(patients.get(row["image_path"], f"path:{row['image_path']}"))
+    for row in rows:
+        data = image_store.get(row["image_path"])
+        film = decode_image(data, max_bytes=settings.max_image_bytes,
+                            max_pixels=settings.max_image_pixels).pixels  # fmt: skip
+        with Image.open(io.BytesIO(mask_store.get(row["mask_path"]))) as stored:
+            mask = np.asarray(stored.convert("L"), np.float32) / 255.0
+        if mask.shape != film.shape:
+            log.warning("%s: mask %s != film %s, skipped", row["mask_path"], mask.shape, film.shape)
+            continue
+        inputs.append(preprocess(film, contract))
+        masks.append((resize_gray(mask, contract.height, contract.width) >= 0.5)[..., None])
+        ids.append(patients.get(row["image_path"], f"path:{row['image_path']}"))
     return np.stack(inputs), np.stack(masks).astype(np.float32), ids
 
 

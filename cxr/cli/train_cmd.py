@@ -345,8 +345,12 @@ def evaluate(ref: str, data: str, batch_size: int, seed: int, limit: int | None,
 
 
 @click.command("train-segmenter")
-@click.option("--masks", required=True, help="Manifest CSV of lung masks (image_path, mask_path).")
-@click.option("--images", required=True, help="Folder the masks' image paths are relative to.")
+@click.option(
+    "--masks", required=True, help="Manifest CSV of lung masks (image_path, mask_path), local or s3://."
+)
+@click.option(
+    "--images", required=True, help="Folder the masks' image paths are relative to, local or s3://."
+)
 @click.option("--name", default="lungs", show_default=True, help="Model name in the store.")
 @click.option("--size", type=int, default=96, show_default=True)
 @click.option("--epochs", type=int, default=60, show_default=True)

@@ -248,3 +248,40 @@ def test_every_mask_problem_has_a_reason_code_and_the_worker_counts_them():
     assert sample == 4
     assert metrics.LUNG_MASKS.labels("lungcount", "3", "centroid")._value.get() == 2
     assert metrics.LUNG_MASKS.labels("lungcount", "3", "area")._value.get() == 0
+
+
+def test_segmenter_training_reads_masks_and_films_from_s3(s3_settings):
+    """Masks and films in a bucket (the test S3 server), as training data is: the same pairs as
+    from a folder, and a missing manifest is a clear error."""
+    import csv
+    import io
+
+    from PIL import Image
+
+    from cxr.core.errors import ConfigurationError
+    from cxr.core.storage import open_store
+    from training_jobs.segmenter import SegmenterConfig, load_pairs
+
+    bucket = s3_settings.storage_url.split("/")[2]
+    store = open_store(f"s3://{bucket}", s3_settings)
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["image_path", "mask_path"])
+    for i in range(3):
+        mask = np.kron(two_lungs(), np.ones((2, 2), bool))
+        for key, array in ((f"films/{i}.png", 0.7 - 0.4 * mask), (f"masks/{i}.png", mask * 1.0)):
+            buffer = io.BytesIO()
+            Image.fromarray((array * 255).astype(np.uint8)).save(buffer, "PNG")
+            store.put(key, buffer.getvalue())
+        writer.writerow([f"{i}.png", f"{i}.png"])
+    store.put("masks/manifest.csv", rows.getvalue().encode())
+    store.put("films/manifest.csv", b"path,label,patient_id\n0.png,normal,p:0\n")
+    root = f"s3://{bucket}"
+    config = SegmenterConfig(masks=f"{root}/masks/manifest.csv", images=f"{root}/films", size=32)
+    inputs, masks, ids = load_pairs(config, s3_settings)
+    assert inputs.shape == (3, 32, 32, 1) and masks.shape == (3, 32, 32, 1)
+    assert ids == ["p:0", "path:1.png", "path:2.png"]  # patient ids from the films' manifest
+    assert 0.2 < masks.mean() < 0.6
+    missing = SegmenterConfig(masks=f"s3://{bucket}/nowhere/manifest.csv", images=f"s3://{bucket}/films")
+    with pytest.raises(ConfigurationError, match="no masks manifest"):
+        load_pairs(missing, s3_settings)
