@@ -225,13 +225,23 @@ def _j2k_reduced(ds: Any, header: _PixelHeader, factor: int) -> np.ndarray | Non
     return decode_reduced(frame, header.rows, header.cols, factor)
 
 
-def _pixel_data_length(ds: Any, file_bytes: int) -> int:
-    """How many bytes of pixel data the file holds, without reading a deferred value: its
-    declared length, cut short where the file (``file_bytes`` long) ends."""
+def _deferred_pixel_data(ds: Any) -> tuple[int, int] | None:
+    """(offset in the file, declared length) of pixel data ``dcmread`` left unread
+    (``_DEFER_BYTES``); None where it was read."""
     element = ds.get_item(_PIXEL_DATA, keep_deferred=True)
     tell = getattr(element, "value_tell", None)
     if getattr(element, "value", None) is None and tell is not None:
-        return max(0, min(int(element.length), file_bytes - int(tell)))
+        return int(tell), int(element.length)
+    return None
+
+
+def _pixel_data_length(ds: Any, file_bytes: int) -> int:
+    """How many bytes of pixel data the file holds, without reading a deferred value: its
+    declared length, cut short where the file (``file_bytes`` long) ends."""
+    deferred = _deferred_pixel_data(ds)
+    if deferred:
+        offset, length = deferred
+        return max(0, min(length, file_bytes - offset))
     return len(ds.PixelData)
 
 
@@ -319,10 +329,9 @@ def _native_pixels(
             return None
         dtype = np.uint8 if header.bits_allocated == 8 else np.dtype("<u2")
         count = header.rows * header.cols
-        element = ds.get_item(_PIXEL_DATA, keep_deferred=True)
-        tell = getattr(element, "value_tell", None)
-        if getattr(element, "value", None) is None and tell is not None:  # view it where it lies
-            view = np.frombuffer(data, dtype=dtype, count=count, offset=int(tell))
+        deferred = _deferred_pixel_data(ds)
+        if deferred:  # view it where it lies in the file's bytes
+            view = np.frombuffer(data, dtype=dtype, count=count, offset=deferred[0])
         else:
             view = np.frombuffer(ds.PixelData, dtype=dtype, count=count)
     except (*_PYDICOM_ERRORS, TypeError):
