@@ -173,8 +173,9 @@ def area_reduce(array: np.ndarray, factor: int) -> np.ndarray:
     if channels_ok and array.dtype in (np.uint8, np.uint16, np.int16, np.float32):
         import cv2
 
-        if block.strides[-1] != block.itemsize * (block.shape[2] if block.ndim == 3 else 1):
-            block = np.ascontiguousarray(block)  # OpenCV takes row strides, not element ones
+        pixel = block.itemsize * (block.shape[2] if block.ndim == 3 else 1)
+        if block.strides[-1] != block.itemsize or block.strides[1] != pixel:
+            block = np.ascontiguousarray(block)  # OpenCV takes row strides, not pixel ones
         remaining = factor
         while remaining % 2 == 0:
             remaining //= 2
