@@ -21,6 +21,7 @@ import struct
 import numpy as np
 
 from cxr.core.errors import ImageError
+from cxr.core.imaging.decode import _PILLOW_ERRORS, describe
 
 #: JPEG 2000 Image Compression (Lossless Only) and JPEG 2000 Image Compression.
 J2K_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"})
@@ -63,8 +64,8 @@ def decode_reduced(frame: bytes, rows: int, cols: int, factor: int) -> np.ndarra
         image.reduce = factor.bit_length() - 1  # resolution levels to discard
         image.load()
         levels = np.asarray(image)
-    except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError) as exc:
-        raise ImageError(f"corrupt JPEG 2000 pixel data: {type(exc).__name__}: {exc}"[:200]) from exc
+    except (*_PILLOW_ERRORS, MemoryError) as exc:  # what Pillow raises on a bad file, as decode's
+        raise ImageError(f"corrupt JPEG 2000 pixel data: {describe(exc)}") from exc
     if image.mode == "I;16":  # Pillow widens every precision to 16 bits
         levels = np.right_shift(levels, 16 - bits) if bits < 16 else levels
     elif image.mode != "L":
