@@ -65,6 +65,7 @@ def run_one(arch: str, mode: str, seed: int, args: argparse.Namespace, settings:
     weights = weights_for(arch, args.weights_dir)
     head = args.head if weights != "none" else "dense"
     crop = (f"-{args.lung_crop}" if args.lung_crop != "none" else "") + ("-ds" if args.deshortcut else "")
+    crop += "-acq" if args.deshortcut and args.acquisition else ""
     name = f"bench-{arch.replace('_', '-').replace('+', '-')}-{mode}-{head}{crop}-s{seed}"
     config = TrainConfig(
         data=args.data, arch=arch, classes=MODES[mode], name=name, head=head,
@@ -74,7 +75,9 @@ def run_one(arch: str, mode: str, seed: int, args: argparse.Namespace, settings:
         label_smoothing=args.label_smoothing, contrast=args.contrast,
         seed=seed, limit=args.limit, bootstrap_resamples=args.bootstrap, verbose=2,
         lung_crop=args.lung_crop, segmenter=args.segmenter,
-        deshortcut=Deshortcut(copies=args.deshortcut) if args.deshortcut else None,
+        deshortcut=(
+            Deshortcut(copies=args.deshortcut, acquisition=args.acquisition) if args.deshortcut else None
+        ),
         holdout_sources=tuple(s.strip() for s in args.holdout_sources.split(",") if s.strip()),
         publish=True,  # into the run's scratch store, so that `cxr explain`/`cxr score` can use it
     )  # fmt: skip
@@ -83,6 +86,7 @@ def run_one(arch: str, mode: str, seed: int, args: argparse.Namespace, settings:
     row: dict[str, Any] = {
         "lung_crop": args.lung_crop,
         "deshortcut": args.deshortcut,
+        "acquisition": args.acquisition,
         "arch": arch,
         "mode": mode,
         "head": head,
@@ -153,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="de-shortcut augmentation: N marked copies of the training split",
+    )
+    parser.add_argument(
+        "--acquisition",
+        type=float,
+        default=0.0,
+        help="with --deshortcut: the chance that a copy is also restyled as another site's acquisition",
     )
     parser.add_argument("--seeds", default="0", help="comma-separated split seeds; one run per seed")
     parser.add_argument(

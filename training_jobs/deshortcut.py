@@ -30,6 +30,9 @@ class Deshortcut:
     markers: tuple[int, int] = (1, 3)  # markers per image, inclusive range
     border_band: float = 0.12  # the widest erased border band, as a share of the side
     band_probability: float = 0.5
+    #: The chance that a copy is also shown as another site's acquisition would render it
+    #: (``restyle``: gamma, blur or edge enhancement, a lower resolution, noise, JPEG); 0: never.
+    acquisition: float = 0.0
 
 
 def _marker(draw: ImageDraw.ImageDraw, size: tuple[int, int], rng: np.random.Generator) -> None:
@@ -81,10 +84,51 @@ def burn(gray: np.ndarray, rng: np.random.Generator, config: Deshortcut) -> np.n
     return out[..., None]
 
 
+def restyle(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One (H, W, 1) [0, 1] image as another acquisition chain might have rendered it.
+
+    Sites differ in exposure curves (gamma), in processing (smoothing, or the edge enhancement
+    most CR/DR consoles apply), in the resolution a film was stored at, in quantum noise and in
+    lossy export. A model that only saw two sources' chains can read the chain as the label; a
+    random chain per copy takes that away. Every step is drawn independently, seeded by ``rng``.
+    """
+    import cv2
+
+    out = np.clip(gray[..., 0], 0.0, 1.0).astype(np.float32)
+    height, width = out.shape
+    out = out ** np.float32(np.exp(rng.uniform(np.log(0.6), np.log(1.6))))
+    look = rng.integers(0, 3)
+    if look == 0:
+        out = cv2.GaussianBlur(out, (0, 0), sigmaX=float(rng.uniform(0.5, 1.5)))
+    elif look == 1:  # unsharp masking, as consoles enhance edges
+        soft = cv2.GaussianBlur(out, (0, 0), sigmaX=float(rng.uniform(1.0, 3.0)))
+        out = out + np.float32(rng.uniform(0.3, 1.2)) * (out - soft)
+    if rng.random() < 0.5:  # stored at a lower resolution, shown at ours
+        scale = rng.uniform(0.35, 0.8)
+        stored = (max(8, int(width * scale)), max(8, int(height * scale)))
+        small = cv2.resize(out, stored, interpolation=cv2.INTER_AREA)
+        out = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < 0.5:
+        out = out + rng.normal(0.0, rng.uniform(0.005, 0.03), out.shape).astype(np.float32)
+    out = np.clip(out, 0.0, 1.0)
+    if rng.random() < 0.3:
+        quality = int(rng.integers(30, 85))
+        ok, encoded = cv2.imencode(".jpg", (out * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok:
+            out = cv2.imdecode(encoded, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+    return out[..., None]
+
+
+def _copy(image: np.ndarray, rng: np.random.Generator, config: Deshortcut) -> np.ndarray:
+    marked = burn(image, rng, config)
+    return restyle(marked, rng) if config.acquisition and rng.random() < config.acquisition else marked
+
+
 def augment_split(
     images: np.ndarray, labels: np.ndarray, config: Deshortcut, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The training split followed by ``config.copies`` marked copies of it (labels repeated)."""
+    """The training split followed by ``config.copies`` marked (and perhaps restyled) copies of it
+    (labels repeated)."""
     rng = np.random.default_rng(seed)
-    copies = [np.stack([burn(image, rng, config) for image in images]) for _ in range(config.copies)]
+    copies = [np.stack([_copy(image, rng, config) for image in images]) for _ in range(config.copies)]
     return np.concatenate([images, *copies]), np.concatenate([labels] * (config.copies + 1))
