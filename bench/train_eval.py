@@ -66,6 +66,7 @@ def run_one(arch: str, mode: str, seed: int, args: argparse.Namespace, settings:
     head = args.head if weights != "none" else "dense"
     crop = (f"-{args.lung_crop}" if args.lung_crop != "none" else "") + ("-ds" if args.deshortcut else "")
     crop += "-acq" if args.deshortcut and args.acquisition else ""
+    crop += "-bal" if args.balance_sources else ""
     name = f"bench-{arch.replace('_', '-').replace('+', '-')}-{mode}-{head}{crop}-s{seed}"
     config = TrainConfig(
         data=args.data, arch=arch, classes=MODES[mode], name=name, head=head,
@@ -78,6 +79,7 @@ def run_one(arch: str, mode: str, seed: int, args: argparse.Namespace, settings:
         deshortcut=(
             Deshortcut(copies=args.deshortcut, acquisition=args.acquisition) if args.deshortcut else None
         ),
+        balance_sources=args.balance_sources,
         holdout_sources=tuple(s.strip() for s in args.holdout_sources.split(",") if s.strip()),
         publish=True,  # into the run's scratch store, so that `cxr explain`/`cxr score` can use it
     )  # fmt: skip
@@ -87,6 +89,7 @@ def run_one(arch: str, mode: str, seed: int, args: argparse.Namespace, settings:
         "lung_crop": args.lung_crop,
         "deshortcut": args.deshortcut,
         "acquisition": args.acquisition,
+        "balance_sources": args.balance_sources,
         "arch": arch,
         "mode": mode,
         "head": head,
@@ -163,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.0,
         help="with --deshortcut: the chance that a copy is also restyled as another site's acquisition",
+    )
+    parser.add_argument(
+        "--balance-sources",
+        action="store_true",
+        help="weigh training images so that every source weighs the same within each class",
     )
     parser.add_argument("--seeds", default="0", help="comma-separated split seeds; one run per seed")
     parser.add_argument(

@@ -128,16 +128,24 @@ def fit_linear_heads(
     num_classes: int,
     class_weight: Mapping[int, float],
     batch_size: int,
+    sample_weight: np.ndarray | None = None,
 ) -> dict[str, LinearHead]:
     """Fit every head of ``built`` (one per ensemble member) on its frozen features and write the
-    weights into its Dense layer; returns the fits by Dense layer name."""
+    weights into its Dense layer; returns the fits by Dense layer name. ``sample_weight``, when
+    given, weighs the training images instead of ``class_weight``."""
     if not built.heads:
         raise ConfigurationError("a logistic head needs an application model (or an ensemble of them)")
     train_features = pooled_features(built, train[0], contract, batch_size)
     val_features = pooled_features(built, val[0], contract, batch_size)
     fits: dict[str, LinearHead] = {}
     for head, x_train, x_val in zip(built.heads, train_features, val_features, strict=True):
-        fitted = fit_logistic_head((x_train, train[1]), (x_val, val[1]), num_classes, class_weight)
+        fitted = fit_logistic_head(
+            (x_train, train[1]),
+            (x_val, val[1]),
+            num_classes,
+            None if sample_weight is not None else class_weight,
+            sample_weight=sample_weight,
+        )
         _set_dense(built, head, fitted)
         fits[head.dense_layer] = fitted
     return fits

@@ -75,6 +75,32 @@ def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     return {i: float(total / (num_classes * c)) if c else 1.0 for i, c in enumerate(counts)}
 
 
+def source_balanced_weights(
+    labels: np.ndarray, sources: np.ndarray, num_classes: int, cap: float = 4.0
+) -> np.ndarray:
+    """Per-image weights under which every class weighs the same (as ``class_weights``) and,
+    within a class, every source weighs the same, no image more than ``cap`` times its class's
+    plain balanced weight.
+
+    On cxr-dev a source's look predicts the label (ieee8023 is 79 % covid): its few normal and
+    pneumonia films are what teaches a model that the look is not the label, and plain class
+    weights let the many covid films drown them. Balancing sources within each class raises
+    those films' say. The cap keeps a handful of films (8 ieee8023 normals in a split) from
+    deciding a class alone; each class is then scaled back to its balanced total.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    sources = np.asarray(sources).astype(str)
+    plain = class_weights(labels, num_classes)
+    weights = np.ones(len(labels), dtype=np.float64)
+    for label in np.unique(labels):
+        members = labels == label
+        names, counts = np.unique(sources[members], return_counts=True)
+        share = {name: members.sum() / (len(names) * n) for name, n in zip(names, counts, strict=True)}
+        within = np.array([min(share[name], cap) for name in sources[members]])
+        weights[members] = plain[int(label)] * within * members.sum() / within.sum()
+    return weights.astype(np.float32)
+
+
 def to_model_input(gray: Any, contract: InputContract) -> Any:
     """(B, H, W, 1) [0, 1] → the model's channels and value range, via the shared ``normalize``."""
     import tensorflow as tf
@@ -105,15 +131,21 @@ def make_dataset(
     augmentation: Augmentation | None = None,
     shuffle: bool = False,
     seed: int = 0,
+    sample_weight: np.ndarray | None = None,
 ) -> Any:
-    """A batched ``tf.data.Dataset`` of (input, target), or of inputs alone when ``labels`` is None.
+    """A batched ``tf.data.Dataset`` of (input, target[, weight]), or of inputs alone when
+    ``labels`` is None.
 
-    Only training data should get an ``augmentation`` and ``shuffle``.
+    Only training data should get an ``augmentation``, ``shuffle`` and ``sample_weight``.
     """
     import keras
     import tensorflow as tf
 
     source: Any = images if labels is None else (images, targets(labels, output, num_classes))
+    if sample_weight is not None:
+        if labels is None:
+            raise ValueError("sample weights weigh labelled images; these have no labels")
+        source = (*source, np.asarray(sample_weight, dtype=np.float32))
     dataset = tf.data.Dataset.from_tensor_slices(source)
     if shuffle:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
@@ -128,6 +160,8 @@ def make_dataset(
 
     if labels is None:
         dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    elif sample_weight is not None:
+        dataset = dataset.map(lambda x, y, w: (prepare(x), y, w), num_parallel_calls=tf.data.AUTOTUNE)
     else:
         dataset = dataset.map(lambda x, y: (prepare(x), y), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from cxr.core.errors import ConfigurationError
 from cxr.core.imaging import InputContract
 from cxr.core.imaging.contract import Contrast, LungCrop
@@ -42,7 +44,7 @@ from training_jobs.datasets import LoadedDataset, describe, load_dataset
 from training_jobs.deshortcut import Deshortcut, augment_split
 from training_jobs.linear_probe import fit_linear_heads
 from training_jobs.operating_points import DEFAULT_TARGETS, choose_operating_points
-from training_jobs.pipeline import Augmentation, class_weights, make_dataset
+from training_jobs.pipeline import Augmentation, class_weights, make_dataset, source_balanced_weights
 from training_jobs.report import penalty_path_png, training_curves_png, write_html
 from training_jobs.splits import DEFAULT_FRACTIONS, Split, split_holding_out_sources
 
@@ -86,6 +88,9 @@ class TrainConfig:
     augmentation: Augmentation = field(default_factory=Augmentation)
     #: De-shortcut augmentation of the training split (markers, erased border bands); off: None.
     deshortcut: Deshortcut | None = None
+    #: Weigh training images so that, within each class, every source weighs the same
+    #: (``pipeline.source_balanced_weights``); off: plain balanced class weights.
+    balance_sources: bool = False
     deterministic: bool = False
     publish: bool = False
     aliases: tuple[str, ...] = ()
@@ -151,7 +156,7 @@ def fit(
     train_ds: Any,
     val_ds: Any,
     config: TrainConfig,
-    weights: dict[int, float],
+    weights: dict[int, float] | None,
     *,
     head_fitted: bool = False,
 ) -> dict:
@@ -205,6 +210,16 @@ def fit(
                 frozen_best,
             )
     return history
+
+
+def _weight_summary(labels: np.ndarray, sources: np.ndarray, weights: np.ndarray, classes: list[str]) -> str:
+    """'class/source: n × weight' per group, for the training log."""
+    groups = sorted({(int(label), str(source)) for label, source in zip(labels, sources, strict=True)})
+    parts = []
+    for label, source in groups:
+        members = (labels == label) & (sources.astype(str) == source)
+        parts.append(f"{classes[label]}/{source}: {int(members.sum())} × {float(weights[members][0]):.2f}")
+    return ", ".join(parts)
 
 
 def train(config: TrainConfig, settings: Settings) -> TrainResult:
@@ -275,8 +290,14 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         weights,
     )
     x_fit, y_fit = x_train, y_train
+    w_fit = None
+    if config.balance_sources:
+        train_sources = np.array([source or "" for source in data.sources], dtype=str)[split.indices("train")]
+        w_fit = source_balanced_weights(y_train, train_sources, len(classes))
+        log.info("source-balanced weights: %s", _weight_summary(y_train, train_sources, w_fit, classes))
     if config.deshortcut is not None:
         x_fit, y_fit = augment_split(x_train, y_train, config.deshortcut, seed=config.seed)
+        w_fit = None if w_fit is None else np.concatenate([w_fit] * (config.deshortcut.copies + 1))
         log.info("de-shortcut augmentation: %d training images with %d marked copies", len(x_fit),
                  config.deshortcut.copies)  # fmt: skip
     common = {
@@ -285,7 +306,11 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
         "batch_size": config.batch_size,
         "seed": config.seed,
     }
-    train_ds = make_dataset(x_fit, y_fit, contract, augmentation=config.augmentation, shuffle=True, **common)
+    train_ds = make_dataset(
+        x_fit, y_fit, contract, augmentation=config.augmentation, shuffle=True, sample_weight=w_fit, **common
+    )
+    # Sample weights, when given, already balance the classes.
+    fit_weights = None if w_fit is not None else weights
     val_ds = make_dataset(x_val, y_val, contract, **common)
 
     started = time.monotonic()
@@ -299,8 +324,9 @@ def _train(run_id: str, config: TrainConfig, settings: Settings) -> TrainResult:
             num_classes=len(classes),
             class_weight=weights,
             batch_size=config.batch_size,
+            sample_weight=w_fit,
         )
-    history = fit(built, train_ds, val_ds, config, weights, head_fitted=bool(probes))
+    history = fit(built, train_ds, val_ds, config, fit_weights, head_fitted=bool(probes))
     train_seconds = time.monotonic() - started
 
     summary = describe(data)
