@@ -67,13 +67,14 @@ def run_one(arch: str, mode: str, seed: int, args: argparse.Namespace, settings:
     crop = (f"-{args.lung_crop}" if args.lung_crop != "none" else "") + ("-ds" if args.deshortcut else "")
     crop += "-acq" if args.deshortcut and args.acquisition else ""
     crop += "-bal" if args.balance_sources else ""
+    crop += "-ema" if args.fine_tune_ema else ""
     name = f"bench-{arch.replace('_', '-').replace('+', '-')}-{mode}-{head}{crop}-s{seed}"
     config = TrainConfig(
         data=args.data, arch=arch, classes=MODES[mode], name=name, head=head,
         image_size=args.image_size, epochs=args.epochs, weights=weights,
         fine_tune_layers=args.fine_tune_layers if weights != "none" else 0, batch_size=args.batch_size,
         fine_tune_epochs=args.fine_tune_epochs, fine_tune_learning_rate=args.fine_tune_learning_rate,
-        label_smoothing=args.label_smoothing, contrast=args.contrast,
+        label_smoothing=args.label_smoothing, contrast=args.contrast, fine_tune_ema=args.fine_tune_ema,
         seed=seed, limit=args.limit, bootstrap_resamples=args.bootstrap, verbose=2,
         lung_crop=args.lung_crop, segmenter=args.segmenter,
         deshortcut=(
@@ -90,6 +91,7 @@ def run_one(arch: str, mode: str, seed: int, args: argparse.Namespace, settings:
         "deshortcut": args.deshortcut,
         "acquisition": args.acquisition,
         "balance_sources": args.balance_sources,
+        "fine_tune_ema": args.fine_tune_ema,
         "arch": arch,
         "mode": mode,
         "head": head,
@@ -150,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fine-tune-epochs", type=int, default=10)
     parser.add_argument("--fine-tune-learning-rate", type=float, default=None)
     parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument(
+        "--fine-tune-ema",
+        type=float,
+        default=0.0,
+        help="EMA momentum of the weights while fine-tuning; 0: off",
+    )
     parser.add_argument("--contrast", choices=("none", "clahe"), default="none")
     parser.add_argument("--lung-crop", choices=("none", "box", "mask"), default="none")
     parser.add_argument(

@@ -75,6 +75,10 @@ class TrainConfig:
     learning_rate: float = 1e-3
     patience: int = 5
     label_smoothing: float = 0.0
+    #: Momentum of an exponential moving average of the weights while fine-tuning (0: off). The
+    #: model takes the average at the end of every epoch, so validation, early stopping and the
+    #: published model all see the averaged weights, not one noisy step's.
+    fine_tune_ema: float = 0.0
     contrast: Contrast = "none"  # the input contract's contrast step
     #: The input contract's lung step and the segmenter it runs (a store reference such as
     #: ``lungs@production``, pinned to an exact version in the manifest).
@@ -139,16 +143,24 @@ def configure_runtime(seed: int, deterministic: bool) -> dict[str, Any]:
     return {"gpus": len(gpus), "precision_policy": policy, "deterministic": deterministic}
 
 
-def _compile(built: BuiltModel, learning_rate: float, label_smoothing: float) -> None:
+def _compile(
+    built: BuiltModel, learning_rate: float, label_smoothing: float, ema: float = 0.0, epoch_steps: int = 0
+) -> None:
     """Adam and cross-entropy on the targets ``pipeline.targets`` makes (one-hot for softmax, so
-    that label smoothing applies to both heads)."""
+    that label smoothing applies to both heads). With ``ema`` the model's weights are replaced by
+    their moving average every ``epoch_steps`` steps, i.e. at each epoch's end."""
     import keras
+
+    averaging = (
+        {"use_ema": True, "ema_momentum": ema, "ema_overwrite_frequency": max(1, epoch_steps)} if ema else {}
+    )
 
     if built.output == "sigmoid":
         loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
     else:
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-    built.model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=["accuracy"])
+    optimizer = keras.optimizers.Adam(learning_rate, **averaging)
+    built.model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
 
 
 def fit(
@@ -192,12 +204,13 @@ def fit(
         rate = config.fine_tune_learning_rate or config.learning_rate / 10
         unfrozen = unfreeze_top(built, config.fine_tune_layers)
         log.info(
-            "fine-tuning the top %d layers (%d with weights) at lr %g",
+            "fine-tuning the top %d layers (%d with weights) at lr %g%s",
             config.fine_tune_layers,
             unfrozen,
             rate,
+            f", weights averaged (EMA {config.fine_tune_ema})" if config.fine_tune_ema else "",
         )
-        _compile(built, rate, config.label_smoothing)
+        _compile(built, rate, config.label_smoothing, config.fine_tune_ema, int(train_ds.cardinality()))
         tuned = phase(config.fine_tune_epochs, len(history.get("loss", [])))
         for key, values in tuned.items():
             history.setdefault(key, []).extend(values)

@@ -154,9 +154,10 @@ def test_deterministic_mode_repeats_the_same_losses(tmp_path):
 
 
 @pytest.mark.skipif(not MOBILENET_WEIGHTS.exists(), reason="offline ImageNet weights not on this machine")
-def test_source_balanced_weights_and_restyled_copies_train_both_heads(tmp_path, local_settings, caplog):
-    """The two generalisation levers go through the whole job: the logistic head and fine-tuning
-    both train on the weighted, restyled split (covid only from source a, as on cxr-dev)."""
+def test_generalisation_levers_train_both_heads(tmp_path, local_settings, caplog):
+    """The generalisation levers go through the whole job: the logistic head and fine-tuning both
+    train on the weighted, restyled split (covid only from source a, as on cxr-dev), and
+    fine-tuning averages its weights."""
     from training_jobs.deshortcut import Deshortcut
 
     rows = [("covid", f"a:c{p}") for p in range(16)] + [("normal", f"a:n{p}") for p in range(4)]
@@ -166,11 +167,13 @@ def test_source_balanced_weights_and_restyled_copies_train_both_heads(tmp_path, 
     config = TrainConfig(
         data=str(manifest), arch="mobilenetv2", classes=("covid", "normal"), name="weighted", image_size=32,
         head="logistic", weights=str(MOBILENET_WEIGHTS), fine_tune_layers=4, fine_tune_epochs=1, batch_size=8,
-        bootstrap_resamples=10, balance_sources=True, deshortcut=Deshortcut(acquisition=1.0), verbose=0,
+        bootstrap_resamples=10, balance_sources=True, deshortcut=Deshortcut(acquisition=1.0),
+        fine_tune_ema=0.9, verbose=0,
     )  # fmt: skip
     with caplog.at_level("INFO", logger="training_jobs.train"):
         result = train(config, local_settings)
     logged = " ".join(record.getMessage() for record in caplog.records)
     assert "source-balanced weights: covid/a:" in logged and "normal/b:" in logged
+    assert "weights averaged (EMA 0.9)" in logged
     assert len(result.history["loss"]) == 1 and np.isfinite(result.history["loss"][0])
     assert result.metrics["n"] > 0
