@@ -157,6 +157,26 @@ def _given_options(context: click.Context) -> set[str]:
     help="De-shortcut copies of each training film (burned-in markers, erased border bands); 0: off.",
 )
 @click.option(
+    "--acquisition",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="With --deshortcut: the chance that a copy is also restyled as another site's acquisition "
+    "(gamma, blur or edge enhancement, lower resolution, noise, JPEG).",
+)
+@click.option(
+    "--balance-sources",
+    is_flag=True,
+    help="Weigh training films so that, within each class, every source weighs the same (capped).",
+)
+@click.option(
+    "--fine-tune-ema",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Momentum of a moving average of the weights while fine-tuning, taken at each epoch's end; 0: off.",
+)
+@click.option(
     "--recipe",
     type=click.Choice(recipe_names()),
     default=None,
@@ -198,6 +218,9 @@ def train(
     lung_crop: str,
     segmenter: str | None,
     deshortcut: int,
+    acquisition: float,
+    balance_sources: bool,
+    fine_tune_ema: float,
     recipe: str | None,
     flip: bool,
     deterministic: bool,
@@ -219,6 +242,8 @@ def train(
 
     if aliases and not publish:
         raise click.UsageError("--alias needs --publish")
+    if acquisition and not deshortcut:
+        raise click.UsageError("--acquisition restyles de-shortcut copies: give --deshortcut N too")
     config = TrainConfig(
         data=data,
         arch=arch,
@@ -240,7 +265,9 @@ def train(
         holdout_sources=holdout_sources,
         lung_crop=lung_crop,  # type: ignore[arg-type]  # click.Choice has checked it
         segmenter=segmenter,
-        deshortcut=Deshortcut(copies=deshortcut) if deshortcut else None,
+        deshortcut=Deshortcut(copies=deshortcut, acquisition=acquisition) if deshortcut else None,
+        balance_sources=balance_sources,
+        fine_tune_ema=fine_tune_ema,
         augmentation=Augmentation(horizontal_flip=flip),
         deterministic=deterministic,
         publish=publish,

@@ -90,3 +90,14 @@ def test_restyled_copies_are_seeded_and_off_leaves_the_copies_as_before():
     # before restyling existed, so earlier runs' copies are reproduced
     rng = np.random.default_rng(5)
     np.testing.assert_array_equal(plain[4:], np.stack([burn(image, rng, Deshortcut()) for image in images]))
+
+
+def test_cli_refuses_acquisition_without_deshortcut_copies(tmp_path):
+    from click.testing import CliRunner
+
+    from cxr.cli.main import cli
+
+    result = CliRunner().invoke(
+        cli, ["train", "--data", str(tmp_path), "--arch", "simple_cnn", "--name", "m", "--acquisition", "0.5"]
+    )
+    assert result.exit_code == 2 and "give --deshortcut N too" in result.output
