@@ -154,7 +154,6 @@ def _compile(
     averaging = (
         {"use_ema": True, "ema_momentum": ema, "ema_overwrite_frequency": max(1, epoch_steps)} if ema else {}
     )
-
     if built.output == "sigmoid":
         loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
     else:
