@@ -32,7 +32,7 @@ class Recipe:
 #: Leave-source-out (Actualmed + Figure1 held out, MobileNetV2): COVID AUC 0.825 / 0.848 / 0.824
 #: over three split seeds (mean 0.832), rerun 0.863 / 0.852 / 0.880 (mean 0.865), then twice more
 #: 0.740 / 0.872 / 0.833 and 0.801 / 0.861 / 0.831 (13 runs: mean 0.835), against 0.773 for the
-#: frozen baseline; internal COVID AUC 0.90-0.94; 5-10 min on 2 CPU cores. Restyled acquisition,
+#: frozen baseline; internal COVID AUC 0.88-0.94; 4-10 min on 2 CPU cores. Restyled acquisition,
 #: source-balanced weights and weight averaging on top of it did not help (docs/TRAINING.md). It needs the
 #: lung segmenter in the store (``cxr train-segmenter --publish --alias production``) and ImageNet
 #: weights.
